@@ -1,0 +1,129 @@
+"""A small deterministic text game with an expert policy, for tests and smoke runs.
+
+The agent stands in the first room of a corridor and must pick up one named item somewhere down
+the corridor; other rooms hold distractor items. Episode length depends on how far the item is,
+so a batch of tasks gives episodes of different lengths, which is what the trainer's batching
+and distributed code must cope with. It needs no download and steps in microseconds.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from .base import FORMAT_INSTRUCTIONS, INSTRUCTION_LINE, AgentEnvironment, PromptView, render_history, window
+
+ITEMS = ("apple", "key", "book", "lamp", "cup", "coin", "map", "pen", "ring", "sock")
+
+
+def make_fetch_task(seed: int, min_rooms: int = 2, max_rooms: int = 4) -> dict[str, Any]:
+    """The task row for ``seed``: corridor length, target item and its room, distractors."""
+    rng = random.Random(seed)
+    num_rooms = rng.randint(min_rooms, max_rooms)
+    items = rng.sample(ITEMS, num_rooms)
+    target_room = rng.randint(1, num_rooms - 1)
+    return {
+        "seed": seed,
+        "num_rooms": num_rooms,
+        "room_items": items,
+        "target_room": target_room,
+        "target": items[target_room],
+    }
+
+
+class FetchEnvironment(AgentEnvironment):
+    """Walk down a corridor and take the named item. Reward 10 on success."""
+
+    default_history_length = 2
+    default_max_turns = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._task: dict[str, Any] = {}
+        self._room = 0
+        self._steps = 0
+        self._max_steps: int | None = None
+
+    def reset(self, task: Mapping[str, Any]) -> str:
+        if "room_items" not in task:
+            task = {**make_fetch_task(int(task["seed"])), **task}
+        self._task = dict(task)
+        self._room = 0
+        self._steps = 0
+        self._max_steps = task.get("max_steps")
+        self.task_description = f"take the {task['target']}."
+        self.task_type = "fetch"
+        self._update_actions()
+        return self._describe()
+
+    def _describe(self) -> str:
+        item = self._task["room_items"][self._room]
+        return f"You are in room {self._room}. You see a {item}." if item else f"You are in room {self._room}."
+
+    def _update_actions(self) -> None:
+        actions = []
+        if self._room < self._task["num_rooms"] - 1:
+            actions.append("go east")
+        if self._room > 0:
+            actions.append("go west")
+        if self._task["room_items"][self._room]:
+            actions.append(f"take {self._task['room_items'][self._room]}")
+        actions.append("look")
+        self.admissible_actions = tuple(actions)
+
+    def execute(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        self._steps += 1
+        won = False
+        if action == "go east" and "go east" in self.admissible_actions:
+            self._room += 1
+            observation = self._describe()
+        elif action == "go west" and "go west" in self.admissible_actions:
+            self._room -= 1
+            observation = self._describe()
+        elif action.startswith("take ") and action in self.admissible_actions:
+            item = action[len("take ") :]
+            won = item == self._task["target"]
+            observation = f"You take the {item}." + ("" if won else " It is not what you were asked for.")
+            self._task["room_items"] = list(self._task["room_items"])
+            self._task["room_items"][self._room] = None
+        elif action == "look":
+            observation = self._describe()
+        else:
+            observation = "Nothing happens."
+        self._update_actions()
+        done = won or (self._max_steps is not None and self._steps >= self._max_steps)
+        return observation, 10.0 if won else 0.0, done, won, {"won": won}
+
+    def step(self, text: str):  # noqa: D102 - counts ill-formed answers towards max_steps too
+        result = super().step(text)
+        if not result.action_valid:
+            self._steps += 1
+            if self._max_steps is not None and self._steps >= self._max_steps:
+                result.done = True
+        return result
+
+    def render_prompt(self, view: PromptView, history_length: int) -> str:
+        kept, first = window(view.history, history_length)
+        lines = [f"You are an expert agent exploring a corridor of rooms. Your task is to: {view.task}"]
+        if kept:
+            lines.append(
+                f"Prior to this step, you have already taken {view.step} step(s). Below are the most recent "
+                f"{len(kept)} observations and the corresponding actions you took:\n{render_history(kept, first)}"
+            )
+        lines.append(f"You are now at step {view.step + 1} and your current observation is: {view.observation}")
+        lines.append(
+            "Your admissible actions of the current situation are: ["
+            + ", ".join(f"'{a}'" for a in view.admissible_actions)
+            + "]."
+        )
+        lines.append("")
+        lines.append(INSTRUCTION_LINE)
+        lines.append(FORMAT_INSTRUCTIONS)
+        return "\n".join(lines)
+
+    def expert_action(self) -> str:
+        """The optimal next action: walk east to the target's room, then take it."""
+        if self._room == self._task["target_room"]:
+            return f"take {self._task['target']}"
+        return "go east"

@@ -1,0 +1,183 @@
+"""`OPIDConfig`: GRPOConfig plus every knob of On-Policy Skill Distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+OUTCOME_NORMS = ("mean_std_norm", "mean_norm")
+OUTCOME_GROUPINGS = ("trajectory", "step")
+SKILL_ROUTINGS = ("critical_first", "episode_only", "step_only", "additive")
+
+
+@dataclass
+class OPIDConfig(GRPOConfig):
+    r"""
+    Configuration of [`OPIDTrainer`]: everything [`~trl.GRPOConfig`] takes, plus the OPID knobs.
+
+    With an environment, each task row of the dataset is played `num_generations` times (one group);
+    every environment step becomes one training sample whose prompt carries the last
+    `history_length` steps. `max_completion_length` is the per-turn token budget.
+
+    The advantage of a response token is `A_ep + skill_coef_episode * A_skill` on steps routed to the
+    episode skill and `A_ep + skill_coef_step * A_skill` on steps routed to a step skill, where
+    `A_skill = log pi_old(token | prompt + skill) - log pi_old(token | prompt)`. With both coefficients
+    0 (or no skill extractor) the trainer is plain multi-turn GRPO and runs no extra pass.
+    """
+
+    # Episodes
+    max_turns: int | None = field(
+        default=None,
+        metadata={"help": "Maximum environment steps per episode. `None` uses the environment's default "
+                  "(reference: ALFWorld 30, WebShop 15, Search QA 4)."},
+    )
+    history_length: int | None = field(
+        default=None,
+        metadata={"help": "Number of past steps shown in each step's prompt. `None` uses the environment's "
+                  "default (reference: ALFWorld 5, WebShop 2, Search QA 4)."},
+    )
+    max_prompt_length: int = field(
+        default=2048,
+        metadata={"help": "Token budget of a step's prompt (chat template included). An over-long prompt drops its "
+                  "oldest history steps first; the task statement is never cut."},
+    )
+    max_completion_length: int | None = field(
+        default=512,
+        metadata={"help": "Per-turn token budget: maximum number of tokens generated for one environment step."},
+    )
+    invalid_action_penalty: float = field(
+        default=0.1,
+        metadata={"help": "Subtracted from a step's score when its answer is not a well-formed action "
+                  "(reference: 0.1; Search QA 0.01)."},
+    )
+    env_step_workers: int = field(
+        default=0,
+        metadata={"help": "Threads used to step the environments of a batch in parallel (useful for engines that "
+                  "release the GIL, e.g. ALFWorld's planner). 0 steps them in the main thread."},
+    )
+    max_rows_per_forward: int = field(
+        default=8,
+        metadata={"help": "Step samples per forward pass in every log-prob pass and in the loss. Bounds the memory "
+                  "of a micro-step whatever the number of steps the episodes produced; the loss pass "
+                  "recomputes activations chunk by chunk when a micro-step holds more rows than this."},
+    )
+
+    # Outcome advantage
+    outcome_norm: str = field(
+        default="mean_std_norm",
+        metadata={"help": "Group normalization of the outcome: 'mean_std_norm' ((R - mean) / (std + 1e-6)) or "
+                  "'mean_norm' (R - mean).", "choices": list(OUTCOME_NORMS)},
+    )
+    outcome_grouping: str = field(
+        default="trajectory",
+        metadata={"help": "What the group statistics are taken over: 'trajectory' (each episode counts once, as in "
+                  "the paper) or 'step' (each step sample counts once and carries its own invalid-action "
+                  "penalty, as in the reference code).", "choices": list(OUTCOME_GROUPINGS)},
+    )
+    success_threshold: float = field(
+        default=1.0,
+        metadata={"help": "An episode without an environment `won` flag (single-turn prompts) counts as a success "
+                  "when its outcome is at least this value; shown to the skill extractor."},
+    )
+
+    # Skill advantage
+    skill_coef_episode: float = field(
+        default=1e-3,
+        metadata={"help": "Weight of the skill advantage on steps routed to the episode-level skill."},
+    )
+    skill_coef_step: float = field(
+        default=1e-3,
+        metadata={"help": "Weight of the skill advantage on steps routed to a step-level skill."},
+    )
+    skill_routing: str = field(
+        default="critical_first",
+        metadata={"help": "Which skill each step is scored with: 'critical_first' (the step skill on critical "
+                  "steps, the episode skill elsewhere), 'episode_only', 'step_only' (critical steps only), or "
+                  "'additive' (the paper's no-routing ablation: both deltas added on critical steps).",
+                  "choices": list(SKILL_ROUTINGS)},
+    )
+    skill_adv_clip: float | None = field(
+        default=None,
+        metadata={"help": "If set, clip each token's skill advantage to [-clip, clip] before weighting."},
+    )
+    skill_adv_normalize: bool = field(
+        default=False,
+        metadata={"help": "Z-normalize the skill advantage over all scored tokens of the batch (all processes) "
+                  "before weighting."},
+    )
+    skill_start_step: int = field(
+        default=0,
+        metadata={"help": "First optimizer step at which the skill advantage is used. Before it no analysis and no "
+                  "extra pass are run."},
+    )
+    skill_end_step: int | None = field(
+        default=None,
+        metadata={"help": "Optimizer step from which the skill advantage is no longer used (`None`: never stops)."},
+    )
+    max_step_skills: int = field(
+        default=5,
+        metadata={"help": "At most this many step-level skills (critical steps) per trajectory; extra ones are "
+                  "dropped deterministically, keeping the earliest steps (reference: 5; Search QA 2)."},
+    )
+    analysis_gamma: float = field(
+        default=0.95,
+        metadata={"help": "Discount of the per-step returns shown to the skill extractor."},
+    )
+
+    def __post_init__(self) -> None:
+        self._validate_opid_fields()
+        super().__post_init__()
+
+    def _validate_opid_fields(self) -> None:
+        """Reject bad OPID settings before anything is built; every message names its field."""
+
+        def fail(name: str, message: str) -> None:
+            raise ValueError(f"OPIDConfig.{name}: {message} (got {getattr(self, name)!r})")
+
+        for name in ("max_turns", "history_length"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < (1 if name == "max_turns" else 0)):
+                fail(name, "must be a positive integer or None" if name == "max_turns" else
+                     "must be a non-negative integer or None")
+        if not isinstance(self.max_prompt_length, int) or self.max_prompt_length < 1:
+            fail("max_prompt_length", "must be a positive integer")
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            fail("max_completion_length", "must be a positive integer")
+        if self.invalid_action_penalty < 0:
+            fail("invalid_action_penalty", "must be >= 0 (it is subtracted from the score)")
+        if not isinstance(self.env_step_workers, int) or self.env_step_workers < 0:
+            fail("env_step_workers", "must be a non-negative integer")
+        if not isinstance(self.max_rows_per_forward, int) or self.max_rows_per_forward < 1:
+            fail("max_rows_per_forward", "must be a positive integer")
+        if self.outcome_norm not in OUTCOME_NORMS:
+            fail("outcome_norm", f"must be one of {OUTCOME_NORMS}")
+        if self.outcome_grouping not in OUTCOME_GROUPINGS:
+            fail("outcome_grouping", f"must be one of {OUTCOME_GROUPINGS}")
+        for name in ("skill_coef_episode", "skill_coef_step"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value != value or value < 0:
+                fail(name, "must be a non-negative number")
+        if self.skill_routing not in SKILL_ROUTINGS:
+            fail("skill_routing", f"must be one of {SKILL_ROUTINGS}")
+        if self.skill_adv_clip is not None and not self.skill_adv_clip > 0:
+            fail("skill_adv_clip", "must be > 0 or None")
+        if self.skill_start_step < 0:
+            fail("skill_start_step", "must be >= 0")
+        if self.skill_end_step is not None and self.skill_end_step <= self.skill_start_step:
+            fail("skill_end_step", f"must be greater than skill_start_step ({self.skill_start_step}) or None")
+        if not isinstance(self.max_step_skills, int) or self.max_step_skills < 0:
+            fail("max_step_skills", "must be a non-negative integer")
+        if not 0.0 <= self.analysis_gamma <= 1.0:
+            fail("analysis_gamma", "must be in [0, 1]")
+
+    @property
+    def skills_enabled(self) -> bool:
+        """Whether any skill coefficient is non-zero (the trainer is plain GRPO otherwise)."""
+        return self.skill_coef_episode > 0 or self.skill_coef_step > 0
+
+    def skill_window_open(self, global_step: int) -> bool:
+        """Whether the skill advantage is used at optimizer step ``global_step``."""
+        if not self.skills_enabled or global_step < self.skill_start_step:
+            return False
+        return self.skill_end_step is None or global_step < self.skill_end_step

@@ -1,0 +1,206 @@
+"""The batched episode loop: every turn, one generation call for all still-active episodes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from environments.base import AgentEnvironment, HistoryEntry, PromptView, StepResult
+
+from .generation import GenerationBackend
+from .trajectory import StepRecord, Trajectory
+
+logger = logging.getLogger(__name__)
+
+Tokenize = Callable[[list[str]], list[list[int]]]
+
+
+@dataclass
+class Episode:
+    """One episode being played, and afterwards its training rows (one per step)."""
+
+    env: AgentEnvironment
+    task_row: Mapping[str, Any]
+    group_id: int
+    trajectory_id: str
+    observation: str = ""
+    history: list[HistoryEntry] = field(default_factory=list)
+    views: list[PromptView] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    completion_ids: list[list[int]] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    done: bool = False
+    won: bool = False
+    error: str | None = None
+
+    @property
+    def env_return(self) -> float:
+        """Sum of environment rewards (invalid-action penalties not included)."""
+        return sum(step.reward for step in self.steps)
+
+    def to_trajectory(self, invalid_action_penalty: float, gamma: float) -> Trajectory:
+        """The record shown to a skill extractor."""
+        penalty = invalid_action_penalty * sum(not s.action_valid for s in self.steps)
+        trajectory = Trajectory(
+            trajectory_id=self.trajectory_id,
+            group_id=self.group_id,
+            task=self.env.task_description,
+            steps=self.steps,
+            outcome=self.env_return - penalty,
+            success=self.won,
+            task_type=self.env.task_type,
+        )
+        trajectory.fill_discounted_returns(gamma)
+        return trajectory
+
+
+def fit_prompts(
+    renderers: Sequence[Callable[[int], str]], history_length: int, max_tokens: int, tokenize: Tokenize
+) -> tuple[list[str], list[list[int]], int]:
+    """Render every prompt with the longest history window that fits ``max_tokens``.
+
+    ``renderers[i](k)`` renders prompt i with its last k history steps. Prompts over budget are
+    re-rendered with one step fewer, in batches, down to no history at all; the task statement is
+    never cut. Returns the texts, their token ids and how many prompts still exceed the budget.
+    """
+    texts = [render(history_length) for render in renderers]
+    ids = tokenize(texts)
+    pending = [i for i, row in enumerate(ids) if len(row) > max_tokens]
+    k = history_length
+    while pending and k > 0:
+        k -= 1
+        new_texts = [renderers[i](k) for i in pending]
+        new_ids = tokenize(new_texts)
+        for i, text, row in zip(pending, new_texts, new_ids):
+            texts[i], ids[i] = text, row
+        pending = [i for i in pending if len(ids[i]) > max_tokens]
+    return texts, ids, len(pending)
+
+
+class EpisodeRunner:
+    """Plays a batch of tasks to the end with one batched generation call per turn."""
+
+    def __init__(
+        self,
+        env_factory: Callable[[], AgentEnvironment],
+        tokenize: Tokenize,
+        decode: Callable[[list[list[int]]], list[str]],
+        max_turns: int,
+        history_length: int,
+        max_prompt_length: int,
+        step_workers: int = 0,
+    ) -> None:
+        self.env_factory = env_factory
+        self.tokenize = tokenize
+        self.decode = decode
+        self.max_turns = max_turns
+        self.history_length = history_length
+        self.max_prompt_length = max_prompt_length
+        self.step_workers = step_workers
+        self._pool: list[AgentEnvironment] = []
+        self._executor = ThreadPoolExecutor(step_workers) if step_workers > 0 else None
+        self.prompt_overflows = 0
+        self.env_errors = 0
+
+    def _environments(self, count: int) -> list[AgentEnvironment]:
+        while len(self._pool) < count:
+            self._pool.append(self.env_factory())
+        return self._pool[:count]
+
+    def _map(self, fn: Callable, items: Sequence) -> list:
+        if self._executor is None or len(items) < 2:
+            return [fn(item) for item in items]
+        return list(self._executor.map(fn, items))
+
+    def render(self, episode: Episode, view: PromptView) -> Callable[[int], str]:
+        """Renderer of ``view`` by ``episode``'s environment, for :func:`fit_prompts`."""
+        return lambda k: episode.env.render_prompt(view, k)
+
+    def run(
+        self,
+        tasks: Sequence[Mapping[str, Any]],
+        group_ids: Sequence[int],
+        trajectory_ids: Sequence[str],
+        backend: GenerationBackend,
+    ) -> list[Episode]:
+        """Play every task once; ``backend.session()`` must be held by the caller."""
+        self.prompt_overflows = 0
+        self.env_errors = 0
+        episodes = [
+            Episode(env=env, task_row=task, group_id=g, trajectory_id=tid)
+            for env, task, g, tid in zip(self._environments(len(tasks)), tasks, group_ids, trajectory_ids)
+        ]
+
+        def reset(episode: Episode) -> None:
+            try:
+                episode.observation = episode.env.reset(episode.task_row)
+            except Exception as exc:  # an engine failure ends this episode, never the run
+                episode.done, episode.error = True, f"reset: {type(exc).__name__}: {exc}"
+                logger.warning("environment reset failed for %s: %s", episode.trajectory_id, episode.error)
+
+        self._map(reset, episodes)
+        for turn in range(self.max_turns):
+            active = [ep for ep in episodes if not ep.done]
+            if not active:
+                break
+            views = [
+                PromptView(
+                    task=ep.env.task_description,
+                    step=turn,
+                    observation=ep.observation,
+                    admissible_actions=tuple(ep.env.admissible_actions),
+                    history=tuple(ep.history),
+                )
+                for ep in active
+            ]
+            _, prompt_ids, overflow = fit_prompts(
+                [self.render(ep, view) for ep, view in zip(active, views)],
+                self.history_length,
+                self.max_prompt_length,
+                self.tokenize,
+            )
+            self.prompt_overflows += overflow
+            completion_ids = backend.generate(prompt_ids)
+            responses = self.decode(completion_ids)
+
+            def play(item: tuple[Episode, str]) -> StepResult | Exception:
+                episode, response = item
+                try:
+                    return episode.env.step(response)
+                except Exception as exc:  # recorded on the episode below
+                    return exc
+
+            results = self._map(play, list(zip(active, responses)))
+            for ep, view, p_ids, c_ids, response, result in zip(
+                active, views, prompt_ids, completion_ids, responses, results
+            ):
+                ep.views.append(view)
+                ep.prompt_ids.append(p_ids)
+                ep.completion_ids.append(c_ids)
+                if isinstance(result, Exception):
+                    ep.error = f"step {turn}: {type(result).__name__}: {result}"
+                    logger.warning("environment step failed for %s: %s", ep.trajectory_id, ep.error)
+                    ep.steps.append(StepRecord(index=turn, observation=ep.observation, response=response,
+                                               action=None, action_valid=True, reward=0.0))
+                    ep.done = True
+                    continue
+                ep.steps.append(
+                    StepRecord(
+                        index=turn,
+                        observation=ep.observation,
+                        response=response,
+                        action=result.action,
+                        action_valid=result.action_valid,
+                        reward=result.reward,
+                        info=dict(result.info),
+                    )
+                )
+                ep.history.append(HistoryEntry(observation=ep.observation, action=result.action or response.strip()))
+                ep.observation = result.observation
+                ep.won = ep.won or result.won
+                ep.done = result.done
+        self.env_errors = sum(ep.error is not None for ep in episodes)
+        return episodes

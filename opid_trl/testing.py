@@ -1,0 +1,86 @@
+"""A tiny random chat model built from a config (no download), for tests, benchmarks and smoke runs.
+
+The tokenizer is a small BPE trained on the fly on text like the environments' prompts, so
+sequences stay short and a forward pass costs milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>"]
+
+
+def _training_corpus() -> list[str]:
+    from environments import FetchEnvironment, make_fetch_task
+    from environments.base import PromptView
+
+    env = FetchEnvironment()
+    texts = []
+    for seed in range(40):
+        observation = env.reset(make_fetch_task(seed))
+        view = PromptView(env.task_description, 0, observation, env.admissible_actions)
+        texts.append(env.render_prompt(view, 2))
+        texts.append(f"<think>I should {env.expert_action()} now.</think><action>{env.expert_action()}</action>")
+    texts += ["What is the capital of France? Paris is the answer.", "Write a short poem about the sea."]
+    return texts
+
+
+def build_tiny_tokenizer(vocab_size: int = 400):
+    """A fast BPE tokenizer with a ChatML template, trained on environment-like text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(_training_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<|im_end|>", bos_token=None
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 32, num_layers: int = 2):
+    """A randomly initialised 2-layer Llama sized to ``tokenizer``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
+    """Build the tiny tokenizer and model and save both to ``directory`` (returned)."""
+    directory = Path(directory)
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(tokenizer, seed=seed)
+    tokenizer.save_pretrained(directory)
+    model.save_pretrained(directory)
+    return directory

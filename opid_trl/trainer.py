@@ -1,0 +1,572 @@
+"""`OPIDTrainer`: GRPO over multi-turn agent episodes with OPID's token-level skill advantage.
+
+The trainer overrides three narrow points of TRL's `GRPOTrainer`:
+
+- `_generate_and_score_completions`: with an environment, plays the batch of episodes and returns
+  one row per environment step; without one, it lets GRPO build the batch as usual. In both cases
+  it then adds the skill advantage, giving per-token advantages of shape (B, T), which TRL's
+  `_compute_loss` accepts as they are.
+- `_get_per_token_logps_and_entropies`: the loss pass of a micro-step with more rows than
+  `max_rows_per_forward` runs chunk by chunk with activation recomputation, so memory stays
+  bounded whatever the number of steps the episodes produced.
+- `_calculate_rewards`: records the single-turn rewards so the skill extractor can see them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+from trl.data_utils import is_conversational
+from trl.trainer.utils import pad, use_adapter
+
+import environments
+from environments.base import AgentEnvironment
+
+from .advantages import episode_step_advantages, skill_advantage
+from .config import OPIDConfig
+from .generation import GenerationBackend, TransformersGenerationBackend
+from .rollout import Episode, EpisodeRunner, fit_prompts
+from .routing import RoutedSkill, inject, route_skills
+from .trajectory import EpisodeSkills, SkillExtractorLike, StepRecord, Trajectory
+
+EnvironmentSpec = str | Callable[[], AgentEnvironment] | None
+
+
+def environment_outcome(prompts: list, completions: list, **kwargs) -> list[float]:
+    """Placeholder reward of environment mode: the outcome comes from the episodes themselves."""
+    raise RuntimeError("environment_outcome is only a marker; OPIDTrainer computes environment rewards itself")
+
+
+def resolve_environment(spec: EnvironmentSpec, kwargs: Mapping[str, Any] | None = None) -> Callable[[], AgentEnvironment] | None:
+    """A zero-argument factory from a registered name or a factory."""
+    if spec is None:
+        return None
+    kwargs = dict(kwargs or {})
+    if isinstance(spec, str):
+        environments.make(spec, **kwargs).close()  # fail now, with the registry's message, if unknown
+        return lambda: environments.make(spec, **kwargs)
+    if callable(spec):
+        return (lambda: spec(**kwargs)) if kwargs else spec
+    raise TypeError(f"environment must be a registered name or a factory, got {type(spec).__name__}")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+class OPIDTrainer(GRPOTrainer):
+    """A drop-in `GRPOTrainer` that trains agents with On-Policy Skill Distillation.
+
+    Args:
+        model, reward_funcs, args, train_dataset, eval_dataset, processing_class, ...:
+            as for `GRPOTrainer`. `args` must be an [`OPIDConfig`]. With an `environment`,
+            `reward_funcs` is optional (the environment's outcome is the reward) and each dataset
+            row is a task handed to the environment's `reset`.
+        environment: a registered environment name (see `environments.available()`) or a
+            zero-argument factory returning an `AgentEnvironment`. Without it, the trainer works on
+            single-turn prompts exactly as `GRPOTrainer` and applies OPID to each completion as a
+            one-step episode.
+        environment_kwargs: keyword arguments for the environment factory.
+        skill_extractor: callable from completed `Trajectory` records to `EpisodeSkills` (or `None`
+            for a trajectory it could not analyse). Without it the trainer is plain GRPO.
+        generation_backend: the engine used for rollouts (default: transformers `generate`).
+    """
+
+    _tag_names = ["trl", "grpo", "opid"]
+    _name = "OPID"
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: OPIDConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+        environment: EnvironmentSpec = None,
+        environment_kwargs: Mapping[str, Any] | None = None,
+        skill_extractor: SkillExtractorLike | None = None,
+        generation_backend: GenerationBackend | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+            args = OPIDConfig(f"{str(name).split('/')[-1]}-OPID")
+        if not isinstance(args, OPIDConfig):
+            raise TypeError(f"args must be an OPIDConfig, got {type(args).__name__}")
+        self.environment_factory = resolve_environment(environment, environment_kwargs)
+        if self.environment_factory is not None:
+            if reward_funcs is not None:
+                raise ValueError("reward_funcs: with an environment the episode outcome is the reward; "
+                                 "pass reward_funcs=None")
+            if kwargs.get("tools") or kwargs.get("rollout_func") or kwargs.get("environment_factory"):
+                raise ValueError("environment: cannot be combined with TRL's tools / rollout_func / environment_factory")
+            reward_funcs = [environment_outcome]
+        if skill_extractor is not None and not callable(skill_extractor):
+            raise TypeError("skill_extractor must be callable: trajectories -> list of EpisodeSkills | None")
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            peft_config=peft_config,
+            **kwargs,
+        )
+        self.skill_extractor = skill_extractor
+        self.generation_backend = generation_backend or TransformersGenerationBackend(self)
+        self._last_rewards_per_func: torch.Tensor | None = None
+        self._analysis_pool = ThreadPoolExecutor(1, thread_name_prefix="opid-analysis")
+        self._rollout_count = 0
+        self._runner: EpisodeRunner | None = None
+        if self.environment_factory is not None:
+            if self.use_vllm and generation_backend is None:
+                raise ValueError("use_vllm: environment rollouts need a vLLM generation_backend; "
+                                 "pass one or set use_vllm=False")
+            probe = self.environment_factory()
+            self.max_turns = args.max_turns or probe.default_max_turns
+            self.history_length = (
+                args.history_length if args.history_length is not None else probe.default_history_length
+            )
+            self.instruction_anchor = probe.instruction_anchor
+            probe.close()
+            self._runner = EpisodeRunner(
+                env_factory=self.environment_factory,
+                tokenize=self._tokenize_texts,
+                decode=lambda ids: self._tokenizer.batch_decode(ids, skip_special_tokens=True),
+                max_turns=self.max_turns,
+                history_length=self.history_length,
+                max_prompt_length=args.max_prompt_length,
+                step_workers=args.env_step_workers,
+            )
+
+    # ------------------------------------------------------------------ helpers
+    def _tokenize_texts(self, texts: list[str]) -> list[list[int]]:
+        """User messages -> prompt token ids through the chat template (generation prompt added)."""
+        if not texts:
+            return []
+        prompt_ids, _, _ = self._tokenize_prompts([[{"role": "user", "content": t}] for t in texts])
+        return [list(ids) for ids in prompt_ids]
+
+    def _skills_active(self, mode: str) -> bool:
+        """Whether this batch gets a skill advantage (training, extractor set, inside the window)."""
+        return (
+            mode == "train"
+            and self.skill_extractor is not None
+            and self.args.skill_window_open(self.state.global_step)
+        )
+
+    def _log(self, mode: str, name: str, value: float) -> None:
+        self._metrics[mode][name].append(float(value))
+
+    def _global_sum(self, values: Sequence[float]) -> list[float]:
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
+
+    def _logps(self, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
+               completion_mask: torch.Tensor, model=None) -> torch.Tensor:
+        """Log-probs of the given completion tokens after each prompt (no grad, chunked)."""
+        device = self.accelerator.device
+        tensors = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
+        p_ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        p_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+        input_ids = torch.cat([p_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([p_mask, completion_mask], dim=1)
+        with torch.no_grad():
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                model if model is not None else self.model,
+                input_ids,
+                attention_mask,
+                completion_ids.size(1),
+                batch_size=self.args.max_rows_per_forward,
+            )
+        return logps
+
+    def _reference_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+        """Reference-model log-probs (the KL term), with the same PEFT handling as GRPO."""
+        kwargs = {"batch_size": self.args.max_rows_per_forward}
+        with torch.no_grad():
+            if self.ref_model is not None:
+                return self._get_per_token_logps_and_entropies(
+                    self.ref_model, input_ids, attention_mask, logits_to_keep, **kwargs)[0]
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                return self._get_per_token_logps_and_entropies(
+                    self.model, input_ids, attention_mask, logits_to_keep, **kwargs)[0]
+
+    # ------------------------------------------------------------------ TRL override points
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False, compute_aux_loss=False,
+                                           **kwargs):
+        chunk = self.args.max_rows_per_forward
+        plain = (
+            not torch.is_grad_enabled()
+            or batch_size is not None
+            or input_ids.size(0) <= chunk
+            or compute_aux_loss
+            or any(value is not None for value in kwargs.values())
+        )
+        parent = super()._get_per_token_logps_and_entropies
+        if plain:
+            return parent(model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                          compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+
+        # Loss pass over more rows than one forward may hold: each chunk keeps only its inputs and
+        # outputs, and its activations are recomputed during backward, one chunk at a time.
+        def run(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            logps, entropies, _ = parent(model, ids, mask, logits_to_keep, compute_entropy=compute_entropy)
+            return (logps,) if entropies is None else (logps, entropies)
+
+        outputs = [
+            torch.utils.checkpoint.checkpoint(run, input_ids[s : s + chunk], attention_mask[s : s + chunk],
+                                              use_reentrant=False)
+            for s in range(0, input_ids.size(0), chunk)
+        ]
+        logps = torch.cat([out[0] for out in outputs], dim=0)
+        entropies = torch.cat([out[1] for out in outputs], dim=0) if compute_entropy else None
+        return logps, entropies, None
+
+    def _generate_and_score_completions(self, inputs):
+        self._rollout_count += 1
+        if self.environment_factory is None:
+            return self._score_single_turn(inputs)
+        return self._rollout_and_score(inputs)
+
+    # ------------------------------------------------------------------ skills
+    def _extract_skills(self, trajectories: list[Trajectory]) -> tuple[list[EpisodeSkills | None], int]:
+        """Run the extractor; a crash or a malformed answer costs the skill signal, never the run."""
+        try:
+            result = list(self.skill_extractor(trajectories))
+        except Exception as exc:  # noqa: BLE001 - analyzer outages must not stop training
+            self._skill_error = f"{type(exc).__name__}: {exc}"
+            return [None] * len(trajectories), len(trajectories)
+        if len(result) != len(trajectories):
+            self._skill_error = f"extractor returned {len(result)} results for {len(trajectories)} trajectories"
+            return [None] * len(trajectories), len(trajectories)
+        cleaned: list[EpisodeSkills | None] = []
+        for skills, trajectory in zip(result, trajectories):
+            if isinstance(skills, EpisodeSkills):
+                cleaned.append(skills.cleaned(len(trajectory.steps), self.args.max_step_skills))
+            else:
+                cleaned.append(None)
+        return cleaned, sum(s is None for s in cleaned)
+
+    def _skill_advantages(
+        self,
+        routed: list[RoutedSkill],
+        render: Callable[[int, str | None, str | None], Callable[[int], str] | None],
+        old_logps: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        history_length: int,
+        mode: str,
+        tokenize: Callable[[list[str]], list[list[int]]] | None = None,
+    ) -> torch.Tensor:
+        """Weighted per-token skill advantage of every row.
+
+        ``routed[i]`` is row i's routing (padding rows: empty). ``render(i, episode_skill, step_skill)``
+        returns the skill-augmented renderer of row i (history window -> text); ``tokenize`` turns
+        rendered texts into prompt ids (default: one user message through the chat template). Each pass (episode
+        skills, step skills) runs on all rows of every rank when any rank needs it, so that every
+        rank runs the same number of forward passes.
+        """
+        args = self.args
+        total = torch.zeros_like(old_logps)
+        passes = [("episode", args.skill_coef_episode), ("step", args.skill_coef_step)]
+        for kind, coef in passes:
+            needs = [
+                (r.episode_skill if kind == "episode" else r.step_skill) is not None
+                and (args.skill_routing == "additive" or r.kind == kind)
+                for r in routed
+            ]
+            if coef == 0 or self._global_sum([sum(needs)])[0] == 0:
+                continue
+            renderers = [
+                render(i, r.episode_skill if kind == "episode" else None, r.step_skill if kind == "step" else None)
+                if need else render(i, None, None)
+                for i, (r, need) in enumerate(zip(routed, needs))
+            ]
+            _, prompt_ids, overflow = fit_prompts(renderers, history_length, args.max_prompt_length,
+                                                  tokenize or self._tokenize_texts)
+            skill_logps = self._logps(prompt_ids, completion_ids, completion_mask)
+            row_mask = torch.tensor(needs, dtype=completion_mask.dtype, device=completion_mask.device)
+            delta = skill_advantage(
+                skill_logps,
+                old_logps,
+                completion_mask * row_mask.unsqueeze(1),
+                clip=args.skill_adv_clip,
+                normalize=args.skill_adv_normalize,
+                all_reduce_sum=lambda t: self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum"),
+            )
+            total = total + coef * delta
+            self._log(mode, f"skill/{kind}_prompt_overflow", self._global_sum([overflow])[0])
+        return total
+
+    def _log_skill_stats(self, mode: str, skill_adv: torch.Tensor, mask: torch.Tensor,
+                         routed: list[RoutedSkill], failures: int, num_trajectories: int) -> None:
+        valid = mask.bool()
+        values = skill_adv[valid].double()
+        kinds = [r.kind for r in routed]
+        totals = self._global_sum([
+            values.sum().item(), (values**2).sum().item(), values.numel(),
+            sum(k in ("step", "both") for k in kinds), sum(k in ("episode", "both") for k in kinds), len(kinds),
+            failures, num_trajectories,
+        ])
+        local_max = values.abs().max() if values.numel() else torch.zeros((), dtype=torch.float64)
+        abs_max = self.accelerator.reduce(local_max.to(self.accelerator.device), reduction="max").item() \
+            if self.accelerator.num_processes > 1 else local_max.item()
+        s, sq, n, n_step, n_ep, n_rows, n_fail, n_traj = totals
+        mean = s / n if n else 0.0
+        std = math.sqrt(max(sq / n - mean**2, 0.0)) if n else 0.0
+        self._log(mode, "skill/adv_mean", mean)
+        self._log(mode, "skill/adv_std", std)
+        self._log(mode, "skill/adv_abs_max", abs_max)
+        self._log(mode, "skill/routed_step_frac", n_step / n_rows if n_rows else 0.0)
+        self._log(mode, "skill/routed_episode_frac", n_ep / n_rows if n_rows else 0.0)
+        self._log(mode, "skill/analysis_failures", n_fail)
+        self._log(mode, "skill/analysis_failure_rate", n_fail / n_traj if n_traj else 0.0)
+
+    # ------------------------------------------------------------------ single-turn (drop-in) path
+    def _score_single_turn(self, inputs):
+        mode = "train" if self.model.training else "eval"
+        output = super()._generate_and_score_completions(inputs)
+        if not self._skills_active(mode):
+            return output
+        args = self.args
+        device = self.accelerator.device
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        mask = completion_mask if "tool_mask" not in output else completion_mask * output["tool_mask"]
+        rows = completion_ids.size(0)
+        process_slice = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
+        rewards = (self._last_rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        rewards = rewards[process_slice].tolist()
+        prompts = [x["prompt"] for x in inputs]
+        prompt_texts = [p[-1]["content"] if is_conversational({"prompt": p}) else p for p in prompts]
+        if any(not isinstance(t, str) for t in prompt_texts):
+            raise ValueError("skill_extractor: OPID's single-turn path supports text prompts only")
+        completions = self._tokenizer.batch_decode(
+            [ids[m.bool()].tolist() for ids, m in zip(completion_ids.cpu(), completion_mask.cpu())],
+            skip_special_tokens=True,
+        )
+        offset = self.accelerator.process_index * rows
+        trajectories = [
+            Trajectory(
+                trajectory_id=f"{self._rollout_count}-{offset + i}",
+                group_id=(offset + i) // self.num_generations,
+                task=text,
+                steps=[StepRecord(index=0, observation=text, response=completion, reward=reward)],
+                outcome=reward,
+                success=reward >= args.success_threshold,
+            )
+            for i, (text, completion, reward) in enumerate(zip(prompt_texts, completions, rewards))
+        ]
+        for trajectory in trajectories:
+            trajectory.fill_discounted_returns(args.analysis_gamma)
+        start = time.perf_counter()
+        skills, failures = self._extract_skills(trajectories)
+        self._log(mode, "time/analysis", time.perf_counter() - start)
+        routed = [route_skills(s, 1, args.skill_routing)[0] for s in skills]
+        old_logps = output.get("old_per_token_logps")
+        prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"].cpu(), output["prompt_mask"].cpu())]
+        start = time.perf_counter()
+        if old_logps is None:
+            old_logps = self._logps(prompt_ids, completion_ids, completion_mask)
+
+        def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], str]:
+            text = inject(prompt_texts[i], episode_skill, step_skill, task=None, anchor=None)
+            return lambda _k: text
+
+        def tokenize(texts: list[str]) -> list[list[int]]:
+            # Same rendering as GRPO: the augmented text replaces the last message's content.
+            augmented = [
+                p[:-1] + [{**p[-1], "content": t}] if is_conversational({"prompt": p}) else t
+                for p, t in zip(prompts, texts)
+            ]
+            return [list(ids) for ids in self._tokenize_prompts(augmented)[0]]
+
+        skill_adv = self._skill_advantages(routed, render, old_logps, completion_ids, mask, 0, mode, tokenize)
+        self._log(mode, "time/skill_scoring", time.perf_counter() - start)
+        self._log_skill_stats(mode, skill_adv, mask, routed, failures, len(trajectories))
+        output["advantages"] = output["advantages"].unsqueeze(1) + skill_adv
+        return output
+
+    # ------------------------------------------------------------------ multi-turn path
+    def _rollout_and_score(self, inputs):
+        args = self.args
+        mode = "train" if self.model.training else "eval"
+        device = self.accelerator.device
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        offset = rank * len(inputs)
+        group_ids = [(offset + i) // num_generations for i in range(len(inputs))]
+        trajectory_ids = [f"{self._rollout_count}-{offset + i}" for i in range(len(inputs))]
+
+        start = time.perf_counter()
+        with self.generation_backend.session():
+            episodes = self._runner.run(inputs, group_ids, trajectory_ids, self.generation_backend)
+        rollout_time = time.perf_counter() - start
+        skills_active = self._skills_active(mode)
+        trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
+        analysis = None
+        if skills_active:
+            analysis_start = time.perf_counter()
+            if getattr(self.skill_extractor, "supports_overlap", True):
+                analysis = self._analysis_pool.submit(self._extract_skills, trajectories)
+            else:
+                analysis = _Done(self._extract_skills(trajectories))
+
+        # Outcome advantages over the groups, which may span processes.
+        summaries = gather_object([(ep.group_id, ep.env_return, [not s.action_valid for s in ep.steps])
+                                   for ep in episodes])
+        counts = gather_object([len(episodes)])
+        first = sum(counts[:rank])
+        step_advs = episode_step_advantages(
+            [s[1] for s in summaries], [s[0] for s in summaries], [s[2] for s in summaries],
+            args.invalid_action_penalty, args.outcome_norm, args.outcome_grouping,
+        )[first : first + len(episodes)]
+
+        # One row per step; pad so every process has the same number, a multiple of the micro-steps.
+        rows = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep.steps))]
+        max_rows = int(max(gather_object([len(rows)])))
+        spg = args.steps_per_generation if mode == "train" else 1
+        padded_rows = max(spg * math.ceil(max_rows / spg), spg)
+        prompt_list = [episodes[e].prompt_ids[t] for e, t in rows]
+        completion_list = [episodes[e].completion_ids[t] for e, t in rows]
+        num_pad = padded_rows - len(rows)
+        filler_prompt = prompt_list[0] if prompt_list else [self._tokenizer.pad_token_id]
+        filler_completion = completion_list[0] if completion_list else [self._tokenizer.pad_token_id]
+        prompt_list += [filler_prompt] * num_pad
+        completion_list += [filler_completion] * num_pad
+        real = torch.tensor([1] * len(rows) + [0] * num_pad, dtype=torch.long)
+
+        prompt_tensors = [torch.tensor(ids, dtype=torch.long) for ids in prompt_list]
+        prompt_ids = pad(prompt_tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        prompt_mask = pad([torch.ones_like(t) for t in prompt_tensors], padding_value=0, padding_side="left").to(device)
+        completion_tensors = [torch.tensor(ids, dtype=torch.long) for ids in completion_list]
+        completion_ids = pad(completion_tensors, padding_value=self._tokenizer.pad_token_id, padding_side="right").to(device)
+        completion_mask = pad([torch.ones_like(t) for t in completion_tensors], padding_value=0,
+                              padding_side="right").to(device)
+        completion_mask = completion_mask * real.to(device).unsqueeze(1)
+        if self.mask_truncated_completions:
+            eos = set(self.eos_token_ids)
+            finished = torch.tensor([bool(ids) and ids[-1] in eos for ids in completion_list], device=device)
+            completion_mask = completion_mask * finished.int().unsqueeze(1)
+
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        logits_to_keep = completion_ids.size(1)
+        generate_every = args.steps_per_generation * self.num_iterations
+        need_old = skills_active or args.gradient_accumulation_steps % generate_every != 0
+        old_logps = None
+        if need_old:
+            old_logps = self._logps(prompt_list, completion_ids, completion_mask)
+        ref_logps = self._reference_logps(input_ids, attention_mask, logits_to_keep) if self.beta != 0.0 else None
+
+        advantages = torch.tensor([step_advs[e][t] for e, t in rows] + [0.0] * num_pad,
+                                  dtype=torch.float32, device=device)
+        advantages = advantages.unsqueeze(1).expand_as(completion_mask).clone()
+        if analysis is not None:
+            skills, failures = analysis.result()
+            self._log(mode, "time/analysis", time.perf_counter() - analysis_start)
+            scoring_start = time.perf_counter()
+            routed_per_episode = [route_skills(s, len(ep.steps), args.skill_routing)
+                                  for s, ep in zip(skills, episodes)]
+            routed = [routed_per_episode[e][t] for e, t in rows] + [RoutedSkill()] * num_pad
+            row_index = rows + [rows[0] if rows else None] * num_pad
+
+            def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], str]:
+                location = row_index[i]
+                if location is None:
+                    return lambda _k: ""
+                ep = episodes[location[0]]
+                view = ep.views[location[1]]
+                return lambda k: inject(ep.env.render_prompt(view, k), episode_skill, step_skill,
+                                        task=view.task, anchor=self.instruction_anchor)
+
+            skill_adv = self._skill_advantages(routed, render, old_logps, completion_ids, completion_mask,
+                                               self.history_length, mode)
+            advantages = advantages + skill_adv
+            self._log(mode, "time/skill_scoring", time.perf_counter() - scoring_start)
+            self._log_skill_stats(mode, skill_adv, completion_mask, routed[: len(rows)] if rows else [],
+                                  failures, len(trajectories))
+        self._log_episode_stats(mode, episodes, len(rows), rollout_time)
+        if args.log_completions:
+            self._log_episode_rows(episodes, rows, step_advs)
+
+        output = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+            "advantages": advantages,
+            "num_items_in_batch": self.accelerator.gather(completion_mask.sum()).sum(),
+        }
+        if old_logps is not None:
+            output["old_per_token_logps"] = old_logps
+        if ref_logps is not None:
+            output["ref_per_token_logps"] = ref_logps
+        return output
+
+    def _log_episode_stats(self, mode: str, episodes: list[Episode], num_rows: int, rollout_time: float) -> None:
+        steps = [s for ep in episodes for s in ep.steps]
+        totals = self._global_sum([
+            len(episodes), sum(ep.won for ep in episodes), len(steps), sum(not s.action_valid for s in steps),
+            sum(ep.env_return for ep in episodes), sum(ep.env_return**2 for ep in episodes), num_rows,
+            self._runner.env_errors, self._runner.prompt_overflows,
+        ])
+        n_ep, n_won, n_steps, n_invalid, r_sum, r_sq, n_rows, n_err, n_overflow = totals
+        mean_r = r_sum / max(n_ep, 1)
+        self._log(mode, "env/success_rate", n_won / max(n_ep, 1))
+        self._log(mode, "env/episode_length", n_steps / max(n_ep, 1))
+        self._log(mode, "env/invalid_action_rate", n_invalid / max(n_steps, 1))
+        self._log(mode, "env/rows", n_rows)
+        self._log(mode, "env/errors", n_err)
+        self._log(mode, "env/prompt_overflow", n_overflow)
+        self._log(mode, "reward", mean_r)
+        self._log(mode, "reward_std", math.sqrt(max(r_sq / max(n_ep, 1) - mean_r**2, 0.0)))
+        self._log(mode, "time/rollout", rollout_time)
+        per_type = gather_object([(ep.env.task_type or "all", float(ep.won)) for ep in episodes])
+        for task_type in sorted({t for t, _ in per_type}):
+            self._log(mode, f"env/success_rate/{task_type}", _mean([w for t, w in per_type if t == task_type]))
+
+    def _log_episode_rows(self, episodes: list[Episode], rows: list[tuple[int, int]],
+                          step_advs: list[list[float]]) -> None:
+        """Feed GRPO's completion table (one line per step sample)."""
+        prompts = [self._tokenizer.decode(episodes[e].prompt_ids[t]) for e, t in rows]
+        completions = [episodes[e].steps[t].response for e, t in rows]
+        self._logs["prompt"].extend(gather_object(prompts))
+        self._logs["completion"].extend(gather_object(completions))
+        self._logs["rewards"][self.reward_func_names[0]].extend(
+            gather_object([episodes[e].env_return for e, _ in rows]))
+        self._logs["advantages"].extend(gather_object([step_advs[e][t] for e, t in rows]))
+
+
+class _Done:
+    """A finished result with the `Future.result()` interface (analysis run inline)."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value

@@ -1,0 +1,83 @@
+"""The records a rollout produces and a skill extractor consumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class StepRecord:
+    """One environment step: what the agent saw, what it answered, what happened."""
+
+    index: int
+    observation: str
+    response: str
+    action: str | None = None
+    action_valid: bool = True
+    reward: float = 0.0
+    #: Discounted return from this step on (filled in when the episode ends).
+    discounted_return: float = 0.0
+    #: Extra engine information (task-specific progress, scores).
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trajectory:
+    """A completed episode, as shown to a skill extractor.
+
+    ``outcome`` is the sum of the environment rewards, invalid-action penalties included;
+    ``success`` is the environment's verdict (or ``outcome >= success_threshold`` when the
+    environment gives none).
+    """
+
+    trajectory_id: str
+    group_id: int
+    task: str
+    steps: list[StepRecord]
+    outcome: float
+    success: bool
+    task_type: str | None = None
+
+    def fill_discounted_returns(self, gamma: float) -> None:
+        """G_t = r_t + gamma * G_{t+1}, written into each step."""
+        running = 0.0
+        for step in reversed(self.steps):
+            running = step.reward + gamma * running
+            step.discounted_return = running
+
+
+@dataclass
+class EpisodeSkills:
+    """What a skill extractor returns for one trajectory.
+
+    ``step_skills`` maps a step index of the trajectory to a one-sentence instruction for that step
+    (the critical steps). An extractor that could not analyse a trajectory returns ``None`` for it.
+    """
+
+    episode_skill: str | None = None
+    step_skills: dict[int, str] = field(default_factory=dict)
+
+    def cleaned(self, num_steps: int, max_step_skills: int) -> EpisodeSkills:
+        """Drop empty skills and indices outside the trajectory; keep the earliest ``max_step_skills``."""
+        episode = self.episode_skill.strip() if isinstance(self.episode_skill, str) else None
+        steps = {}
+        for key, text in self.step_skills.items():
+            try:
+                index = int(key)
+            except (TypeError, ValueError):
+                continue
+            if 0 <= index < num_steps and isinstance(text, str) and text.strip():
+                steps[index] = text.strip()
+        kept = dict(sorted(steps.items())[:max_step_skills])
+        return EpisodeSkills(episode_skill=episode or None, step_skills=kept)
+
+
+class SkillExtractor(Protocol):
+    """Turns completed trajectories into skills, one entry (or ``None`` on failure) per trajectory."""
+
+    def __call__(self, trajectories: Sequence[Trajectory]) -> Sequence[EpisodeSkills | None]: ...
+
+
+SkillExtractorLike = SkillExtractor | Callable[[Sequence[Trajectory]], Sequence[EpisodeSkills | None]]
