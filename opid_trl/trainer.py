@@ -6,9 +6,9 @@ The trainer overrides three narrow points of TRL's `GRPOTrainer`:
   one row per environment step; without one, it lets GRPO build the batch as usual. In both cases
   it then adds the skill advantage, giving per-token advantages of shape (B, T), which TRL's
   `_compute_loss` accepts as they are.
-- `_get_per_token_logps_and_entropies`: the loss pass of a micro-step with more rows than
-  `max_rows_per_forward` runs chunk by chunk with activation recomputation, so memory stays
-  bounded whatever the number of steps the episodes produced.
+- `compute_loss`: a micro-step with more rows than `max_rows_per_forward` is back-propagated
+  chunk by chunk with the exact gradient of GRPO's loss, so memory stays bounded whatever the
+  number of steps the episodes produced.
 - `_calculate_rewards`: records the single-turn rewards so the skill extractor can see them.
 """
 
@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-import torch.utils.checkpoint
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
@@ -132,6 +131,7 @@ class OPIDTrainer(GRPOTrainer):
         self.skill_extractor = skill_extractor
         self.generation_backend = generation_backend or TransformersGenerationBackend(self)
         self._last_rewards_per_func: torch.Tensor | None = None
+        self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._analysis_pool = ThreadPoolExecutor(1, thread_name_prefix="opid-analysis")
         self._rollout_count = 0
         self._runner: EpisodeRunner | None = None
@@ -219,33 +219,77 @@ class OPIDTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False, compute_aux_loss=False,
                                            **kwargs):
+        if self._precomputed_loss_inputs is not None and torch.is_grad_enabled():
+            logps, entropies = self._precomputed_loss_inputs
+            return logps, entropies, None
+        return super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+            compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """GRPO's loss, computed in chunks of `max_rows_per_forward` rows when a micro-step holds more.
+
+        Multi-turn episodes give a variable number of rows per micro-step. To bound memory, the
+        loss is first computed exactly by GRPO's own code on per-token log-probs and entropies from
+        a no-grad chunked pass (held as leaf tensors), giving d(loss)/d(log-prob) per token. Each
+        chunk is then re-run with grad and back-propagated with those per-token weights; all but
+        the last chunk are back-propagated here without gradient synchronisation, the last one by
+        the Trainer. The gradient is exactly that of the unchunked loss, for every `loss_type`,
+        and every process runs the same number of forward and backward passes (ZeRO-3).
+        """
+        rows = inputs["completion_ids"].size(0)
         chunk = self.args.max_rows_per_forward
-        plain = (
-            not torch.is_grad_enabled()
-            or batch_size is not None
-            or input_ids.size(0) <= chunk
-            or compute_aux_loss
-            or any(value is not None for value in kwargs.values())
-        )
+        extra_inputs = set(inputs) - {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages",
+                                      "num_items_in_batch", "old_per_token_logps", "ref_per_token_logps",
+                                      "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask"}
+        if return_outputs or rows <= chunk or not torch.is_grad_enabled() or extra_inputs or self.aux_loss_enabled:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        logits_to_keep = inputs["completion_ids"].size(1)
         parent = super()._get_per_token_logps_and_entropies
-        if plain:
-            return parent(model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                          compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        with torch.no_grad():
+            logps, entropies, _ = parent(model, input_ids, attention_mask, logits_to_keep, batch_size=chunk,
+                                         compute_entropy=True)
+        logps_leaf = logps.detach().requires_grad_(True)
+        entropies_leaf = entropies.detach().requires_grad_(True)
+        self._precomputed_loss_inputs = (logps_leaf, entropies_leaf)
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self._precomputed_loss_inputs = None
+        grad_logps, grad_entropies = torch.autograd.grad(loss, [logps_leaf, entropies_leaf], allow_unused=True)
 
-        # Loss pass over more rows than one forward may hold: each chunk keeps only its inputs and
-        # outputs, and its activations are recomputed during backward, one chunk at a time.
-        def run(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            logps, entropies, _ = parent(model, ids, mask, logits_to_keep, compute_entropy=compute_entropy)
-            return (logps,) if entropies is None else (logps, entropies)
+        last = None
+        for start in range(0, rows, chunk):
+            part = slice(start, start + chunk)
+            chunk_logps, chunk_entropies, _ = parent(
+                model, input_ids[part], attention_mask[part], logits_to_keep,
+                compute_entropy=grad_entropies is not None)
+            surrogate = (chunk_logps * grad_logps[part]).sum() if grad_logps is not None else chunk_logps.sum() * 0
+            if grad_entropies is not None:
+                surrogate = surrogate + (chunk_entropies * grad_entropies[part]).sum()
+            if start + chunk < rows:
+                self._backward_without_sync(model, surrogate, num_items_in_batch)
+            else:
+                last = surrogate
+        # Same gradient as the last chunk's surrogate, same value as the full loss (for logging).
+        return last + (loss.detach() - last.detach())
 
-        outputs = [
-            torch.utils.checkpoint.checkpoint(run, input_ids[s : s + chunk], attention_mask[s : s + chunk],
-                                              use_reentrant=False)
-            for s in range(0, input_ids.size(0), chunk)
-        ]
-        logps = torch.cat([out[0] for out in outputs], dim=0)
-        entropies = torch.cat([out[1] for out in outputs], dim=0) if compute_entropy else None
-        return logps, entropies, None
+    def _backward_without_sync(self, model, loss: torch.Tensor, num_items_in_batch) -> None:
+        """Back-propagate one chunk's part of the loss as the Trainer would, but never step or sync."""
+        scaled = self.loss_is_scaled_for_ga if self.loss_is_scaled_for_ga is not None else (
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None)
+        if not scaled:
+            loss = loss / self.current_gradient_accumulation_steps
+        if self.is_deepspeed_enabled:
+            engine = self.accelerator.deepspeed_engine_wrapped.engine
+            engine.set_gradient_accumulation_boundary(is_boundary=False)
+            engine.backward(loss, scale_wrt_gas=False)
+        else:
+            with self.accelerator.no_sync(model):
+                self.accelerator.backward(loss)
 
     def _generate_and_score_completions(self, inputs):
         self._rollout_count += 1

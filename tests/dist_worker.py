@@ -1,0 +1,100 @@
+"""Worker for the multi-process tests: trains a few OPID steps under DDP or DeepSpeed ZeRO-2/3.
+
+Launched by tests/test_distributed.py with ``torchrun --nproc_per_node 2``. Rank 0 plays tasks
+that end after one step and rank 1 tasks that last three, so the ranks run different numbers of
+turns and produce different numbers of rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets import Dataset  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from opid_trl import EpisodeSkills, OPIDConfig, OPIDTrainer  # noqa: E402
+
+
+def fixed_skills(trajectories):
+    """Deterministic skills so every rank runs both skill passes."""
+    return [EpisodeSkills("Walk east until the target is here, then take it.", {0: "Go east now."})
+            for _ in trajectories]
+
+
+def deepspeed_config(stage: int) -> dict:
+    zero = {"stage": stage}
+    if stage == 3:
+        zero.update(stage3_param_persistence_threshold=0, stage3_prefetch_bucket_size=0,
+                    stage3_gather_16bit_weights_on_model_save=True)
+    return {
+        "zero_optimization": zero,
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": False},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--backend", choices=["ddp", "zero2", "zero3"], required=True)
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args()
+
+    tasks = []
+    for i in range(8):  # alternating short / long tasks; with no shuffling rank 0 gets short, rank 1 long
+        tasks.append({"seed": i, "max_steps": 1 if i % 2 == 0 else 3})
+    config = OPIDConfig(
+        output_dir=os.path.join(os.path.dirname(args.output), f"run-{args.backend}"),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=2,
+        max_completion_length=8,
+        max_turns=4,
+        max_prompt_length=512,
+        max_rows_per_forward=2,
+        learning_rate=1e-3,
+        beta=0.01,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        shuffle_dataset=False,
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+        deepspeed=deepspeed_config(2 if args.backend == "zero2" else 3) if args.backend != "ddp" else None,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    trainer = OPIDTrainer(
+        model=args.model,
+        args=config,
+        train_dataset=Dataset.from_list(tasks),
+        processing_class=tokenizer,
+        environment="fetch",
+        skill_extractor=fixed_skills,
+    )
+    trainer.train()
+    if trainer.accelerator.is_main_process:
+        history = [h for h in trainer.state.log_history if "loss" in h]
+        result = {
+            "losses": [h["loss"] for h in history],
+            "rows": [h["env/rows"] for h in history],
+            "episode_length": [h["env/episode_length"] for h in history],
+            "skill_abs_max": [h["skill/adv_abs_max"] for h in history],
+            "finite": all(math.isfinite(h["loss"]) for h in history),
+            "world_size": trainer.accelerator.num_processes,
+        }
+        with open(args.output, "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
