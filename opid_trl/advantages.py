@@ -102,7 +102,8 @@ def skill_advantage(
     (after clipping) with statistics summed across processes by ``all_reduce_sum`` when given.
     """
     mask = mask.to(skill_logps.dtype)
-    delta = (skill_logps - old_logps) * mask
+    # A non-finite log-prob (a diverged forward, an empty prompt) carries no signal: zero it.
+    delta = torch.nan_to_num((skill_logps - old_logps) * mask, nan=0.0, posinf=0.0, neginf=0.0)
     if clip is not None:
         delta = delta.clamp(-clip, clip)
     if normalize:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -187,6 +188,10 @@ class EpisodeRunner:
                                                action=None, action_valid=True, reward=0.0))
                     ep.done = True
                     continue
+                if not math.isfinite(result.reward):
+                    ep.error = f"step {turn}: non-finite reward {result.reward!r} replaced by 0"
+                    logger.warning("environment returned a non-finite reward for %s", ep.trajectory_id)
+                    result.reward = 0.0
                 ep.steps.append(
                     StepRecord(
                         index=turn,

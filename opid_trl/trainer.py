@@ -243,7 +243,7 @@ class OPIDTrainer(GRPOTrainer):
                                       "num_items_in_batch", "old_per_token_logps", "ref_per_token_logps",
                                       "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask"}
         if return_outputs or rows <= chunk or not torch.is_grad_enabled() or extra_inputs or self.aux_loss_enabled:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return self._check_finite(super().compute_loss(model, inputs, return_outputs, num_items_in_batch))
 
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
@@ -259,6 +259,7 @@ class OPIDTrainer(GRPOTrainer):
             loss = super()._compute_loss(model, inputs)
         finally:
             self._precomputed_loss_inputs = None
+        self._check_finite(loss)
         grad_logps, grad_entropies = torch.autograd.grad(loss, [logps_leaf, entropies_leaf], allow_unused=True)
 
         last = None
@@ -276,6 +277,20 @@ class OPIDTrainer(GRPOTrainer):
                 last = surrogate
         # Same gradient as the last chunk's surrogate, same value as the full loss (for logging).
         return last + (loss.detach() - last.detach())
+
+    def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
+        """Stop loudly, before any weight or checkpoint is touched, when the loss is not finite.
+
+        The check is agreed across processes so that every rank stops at the same step.
+        """
+        bad = torch.tensor(float(not torch.isfinite(loss.detach()).all()), device=self.accelerator.device)
+        if self.accelerator.reduce(bad, reduction="sum").item() > 0:
+            raise FloatingPointError(
+                f"non-finite loss at global step {self.state.global_step}: training stopped before the optimizer "
+                f"step, so the weights and the last checkpoint in {self.args.output_dir!r} are intact. "
+                "Lower learning_rate, check the environment rewards, or resume from the last checkpoint."
+            )
+        return loss
 
     def _backward_without_sync(self, model, loss: torch.Tensor, num_items_in_batch) -> None:
         """Back-propagate one chunk's part of the loss as the Trainer would, but never step or sync."""

@@ -18,7 +18,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import Dataset  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from environments import FetchEnvironment  # noqa: E402
 from opid_trl import EpisodeSkills, OPIDConfig, OPIDTrainer  # noqa: E402
+
+
+class ShapedFetch(FetchEnvironment):
+    """Fetch with a reward that depends on the sampled text, so that a random model's episodes get
+    different outcomes and the outcome advantage (hence the loss) is not zero."""
+
+    def step(self, text):
+        result = super().step(text)
+        result.reward += float(len(text) % 3)
+        return result
 
 
 def fixed_skills(trajectories):
@@ -78,7 +89,7 @@ def main() -> None:
         args=config,
         train_dataset=Dataset.from_list(tasks),
         processing_class=tokenizer,
-        environment="fetch",
+        environment=ShapedFetch,
         skill_extractor=fixed_skills,
     )
     trainer.train()
@@ -86,6 +97,7 @@ def main() -> None:
         history = [h for h in trainer.state.log_history if "loss" in h]
         result = {
             "losses": [h["loss"] for h in history],
+            "grad_norms": [h["grad_norm"] for h in history],
             "rows": [h["env/rows"] for h in history],
             "episode_length": [h["env/episode_length"] for h in history],
             "skill_abs_max": [h["skill/adv_abs_max"] for h in history],

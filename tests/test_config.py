@@ -1,0 +1,59 @@
+"""OPIDConfig validation: bad values fail at construction with the field's name."""
+
+import pytest
+
+from opid_trl import OPIDConfig
+
+BASE = dict(output_dir="/tmp/opid-config-test", use_cpu=True, report_to=[], bf16=False)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("max_turns", 0),
+        ("history_length", -1),
+        ("max_prompt_length", 0),
+        ("max_completion_length", 0),
+        ("invalid_action_penalty", -0.1),
+        ("env_step_workers", -1),
+        ("max_rows_per_forward", 0),
+        ("outcome_norm", "zscore"),
+        ("outcome_grouping", "episode"),
+        ("skill_coef_episode", -1e-3),
+        ("skill_coef_step", float("nan")),
+        ("skill_routing", "random"),
+        ("skill_adv_clip", 0.0),
+        ("skill_start_step", -1),
+        ("max_step_skills", -2),
+        ("analysis_gamma", 1.5),
+    ],
+)
+def test_invalid_field_is_named(field, value):
+    with pytest.raises(ValueError, match=f"OPIDConfig.{field}"):
+        OPIDConfig(**BASE, **{field: value})
+
+
+def test_end_step_must_follow_start_step():
+    with pytest.raises(ValueError, match="OPIDConfig.skill_end_step"):
+        OPIDConfig(**BASE, skill_start_step=5, skill_end_step=5)
+
+
+def test_defaults_follow_the_reference():
+    config = OPIDConfig(**BASE)
+    assert config.skill_coef_episode == config.skill_coef_step == 1e-3
+    assert config.skill_routing == "critical_first"
+    assert config.outcome_norm == "mean_std_norm" and config.outcome_grouping == "trajectory"
+    assert config.invalid_action_penalty == 0.1 and config.analysis_gamma == 0.95
+    assert config.max_step_skills == 5 and config.max_completion_length == 512
+    assert config.loss_type == "dapo"  # token-mean aggregation, as in the reference
+
+
+def test_skill_window():
+    config = OPIDConfig(**BASE, skill_start_step=2, skill_end_step=4)
+    assert [config.skill_window_open(s) for s in range(6)] == [False, False, True, True, False, False]
+    assert not OPIDConfig(**BASE, skill_coef_episode=0, skill_coef_step=0).skill_window_open(3)
+
+
+def test_grpo_validation_still_applies():
+    with pytest.raises(ValueError):
+        OPIDConfig(**BASE, num_generations=1)

@@ -1,0 +1,102 @@
+"""Prompt fitting and the batched episode loop, with a scripted generation backend."""
+
+import contextlib
+
+from environments import FetchEnvironment, make_fetch_task
+from environments.base import AgentEnvironment
+from opid_trl.rollout import EpisodeRunner, fit_prompts
+
+
+def word_tokenize(texts):
+    return [text.split() for text in texts]
+
+
+def test_fit_prompts_drops_oldest_history_first_and_keeps_task():
+    def renderer(i):
+        return lambda k: " ".join(["TASK"] + [f"h{j}" for j in range(5 - k, 5)] + ["OBS"] * (i + 1))
+
+    texts, ids, overflow = fit_prompts([renderer(0), renderer(3), renderer(20)], 4, 5, word_tokenize)
+    assert texts[0] == "TASK h2 h3 h4 OBS"  # 3 history steps fit in 5 tokens
+    assert texts[1] == "TASK OBS OBS OBS OBS"  # no history left
+    assert texts[2].startswith("TASK") and overflow == 1  # over budget even without history: kept whole, counted
+    assert [len(row) for row in ids[:2]] == [5, 5]
+
+
+class ExpertBackend:
+    """Answers every prompt with the expert action of the environment that rendered it."""
+
+    def __init__(self, runner):
+        self.runner = runner
+        self.calls = []
+
+    def session(self):
+        return contextlib.nullcontext()
+
+    def generate(self, prompt_ids):
+        self.calls.append(len(prompt_ids))
+        active = [env for env in self.runner._pool if env._active]
+        return [list(f"<think>x</think><action>{env.expert_action()}</action>") for env in active]
+
+
+class TrackedFetch(FetchEnvironment):
+    def __init__(self):
+        super().__init__()
+        self._active = False
+
+    def reset(self, task):
+        self._active = True
+        return super().reset(task)
+
+    def step(self, text):
+        result = super().step(text)
+        self._active = not result.done
+        return result
+
+
+def make_runner(factory=TrackedFetch, max_turns=6):
+    return EpisodeRunner(factory, tokenize=lambda texts: [list(t) for t in texts],
+                         decode=lambda ids: ["".join(row) for row in ids], max_turns=max_turns,
+                         history_length=2, max_prompt_length=10_000)
+
+
+def test_one_generation_call_per_turn_for_all_active_episodes():
+    runner = make_runner()
+    backend = ExpertBackend(runner)
+    tasks = [make_fetch_task(s) for s in range(6)]
+    episodes = runner.run(tasks, [0, 0, 1, 1, 2, 2], [str(i) for i in range(6)], backend)
+    lengths = [len(ep.steps) for ep in episodes]
+    assert all(ep.won for ep in episodes)
+    assert lengths == [t["target_room"] + 1 for t in tasks]
+    # turn k generates for the episodes still running at turn k
+    assert backend.calls == [sum(n > k for n in lengths) for k in range(max(lengths))]
+    assert all(len(ep.prompt_ids) == len(ep.completion_ids) == len(ep.steps) for ep in episodes)
+
+
+class Exploding(AgentEnvironment):
+    def reset(self, task):
+        if task.get("fail") == "reset":
+            raise RuntimeError("engine crashed")
+        self.task_description, self.admissible_actions = "t", ("a",)
+        return "obs"
+
+    def execute(self, action):
+        raise RuntimeError("engine crashed mid-episode")
+
+    def render_prompt(self, view, history_length):
+        return f"{view.task} {view.observation}"
+
+
+class ValidBackend:
+    def session(self):
+        return contextlib.nullcontext()
+
+    def generate(self, prompt_ids):
+        return [list("<think>x</think><action>a</action>") for _ in prompt_ids]
+
+
+def test_environment_exceptions_end_episodes_not_the_run():
+    runner = make_runner(Exploding)
+    episodes = runner.run([{"fail": "reset"}, {}], [0, 0], ["a", "b"], ValidBackend())
+    assert episodes[0].error.startswith("reset") and episodes[0].steps == []
+    assert episodes[1].error.startswith("step 0") and len(episodes[1].steps) == 1
+    assert runner.env_errors == 2
