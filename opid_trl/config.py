@@ -120,6 +120,16 @@ class OPIDConfig(GRPOConfig):
         metadata={"help": "At most this many step-level skills (critical steps) per trajectory; extra ones are "
                   "dropped deterministically, keeping the earliest steps (reference: 5; Search QA 2)."},
     )
+    overlap_analysis: bool = field(
+        default=True,
+        metadata={"help": "Run the skill extractor in a background thread while the old-policy and reference "
+                  "log-prob passes run (extractors that use the policy itself always run inline)."},
+    )
+    log_analyses: bool = field(
+        default=True,
+        metadata={"help": "Append every analysis (prompt, raw answer, parsed skills, routing per step, latency, "
+                  "tokens) to <output_dir>/analysis/analyses-rank<r>.jsonl, and to a wandb table when wandb runs."},
+    )
     analysis_gamma: float = field(
         default=0.95,
         metadata={"help": "Discount of the per-step returns shown to the skill extractor."},

@@ -26,8 +26,10 @@ class GenerationBackend(Protocol):
     def session(self) -> contextlib.AbstractContextManager[None]:
         """Context held around one whole rollout (all turns of all episodes of a batch)."""
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
-        """One sampled response per prompt, as token ids ending at (and including) EOS if produced."""
+    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+        """One sampled response per prompt, as token ids ending at (and including) EOS if produced.
+
+        ``max_new_tokens`` overrides the per-turn budget (used by the self analyzer)."""
 
 
 class TransformersGenerationBackend:
@@ -62,7 +64,7 @@ class TransformersGenerationBackend:
             finally:
                 self._model = None
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
         if self._model is None:
             raise RuntimeError("TransformersGenerationBackend.generate called outside session()")
         trainer = self.trainer
@@ -76,6 +78,7 @@ class TransformersGenerationBackend:
             attention_mask=attention_mask,
             generation_config=trainer.generation_config,
             synced_gpus=False,
+            **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}),
         )
         completions = output[:, input_ids.size(1) :].cpu()
         eos = set(trainer.eos_token_ids)

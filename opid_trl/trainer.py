@@ -14,6 +14,7 @@ The trainer overrides three narrow points of TRL's `GRPOTrainer`:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,11 +31,15 @@ import environments
 from environments.base import AgentEnvironment
 
 from .advantages import episode_step_advantages, skill_advantage
+from .analyzers import make_analyzer
+from .audit import AnalysisAuditLog
 from .config import OPIDConfig
 from .generation import GenerationBackend, TransformersGenerationBackend
 from .rollout import Episode, EpisodeRunner, fit_prompts
 from .routing import RoutedSkill, inject, route_skills
 from .trajectory import EpisodeSkills, SkillExtractorLike, StepRecord, Trajectory
+
+logger = logging.getLogger(__name__)
 
 EnvironmentSpec = str | Callable[[], AgentEnvironment] | None
 
@@ -113,8 +118,11 @@ class OPIDTrainer(GRPOTrainer):
             if kwargs.get("tools") or kwargs.get("rollout_func") or kwargs.get("environment_factory"):
                 raise ValueError("environment: cannot be combined with TRL's tools / rollout_func / environment_factory")
             reward_funcs = [environment_outcome]
+        if isinstance(skill_extractor, str):
+            skill_extractor = make_analyzer(skill_extractor)
         if skill_extractor is not None and not callable(skill_extractor):
-            raise TypeError("skill_extractor must be callable: trajectories -> list of EpisodeSkills | None")
+            raise TypeError("skill_extractor must be callable (trajectories -> list of EpisodeSkills | None) "
+                            "or the name of an analyzer ('rule_based', 'self', 'openai')")
         super().__init__(
             model=model,
             reward_funcs=reward_funcs,
@@ -130,6 +138,10 @@ class OPIDTrainer(GRPOTrainer):
         )
         self.skill_extractor = skill_extractor
         self.generation_backend = generation_backend or TransformersGenerationBackend(self)
+        if hasattr(skill_extractor, "bind_trainer"):
+            skill_extractor.bind_trainer(self)
+        self._audit = AnalysisAuditLog(args.output_dir, self.accelerator.process_index,
+                                       use_wandb="wandb" in (args.report_to or [])) if args.log_analyses else None
         self._last_rewards_per_func: torch.Tensor | None = None
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._analysis_pool = ThreadPoolExecutor(1, thread_name_prefix="opid-analysis")
@@ -318,10 +330,12 @@ class OPIDTrainer(GRPOTrainer):
         try:
             result = list(self.skill_extractor(trajectories))
         except Exception as exc:  # noqa: BLE001 - analyzer outages must not stop training
-            self._skill_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("skill extractor failed on %d trajectories (%s: %s); they get no skill signal",
+                           len(trajectories), type(exc).__name__, exc)
             return [None] * len(trajectories), len(trajectories)
         if len(result) != len(trajectories):
-            self._skill_error = f"extractor returned {len(result)} results for {len(trajectories)} trajectories"
+            logger.warning("skill extractor returned %d results for %d trajectories; ignoring them",
+                           len(result), len(trajectories))
             return [None] * len(trajectories), len(trajectories)
         cleaned: list[EpisodeSkills | None] = []
         for skills, trajectory in zip(result, trajectories):
@@ -329,7 +343,22 @@ class OPIDTrainer(GRPOTrainer):
                 cleaned.append(skills.cleaned(len(trajectory.steps), self.args.max_step_skills))
             else:
                 cleaned.append(None)
-        return cleaned, sum(s is None for s in cleaned)
+        return cleaned, sum(s is None or s.failed for s in cleaned)
+
+    def _finish_analysis(self, mode: str, trajectories: list[Trajectory], skills: list[EpisodeSkills | None],
+                         ) -> list[list[RoutedSkill]]:
+        """Route every trajectory's skills, write the audit records, log the analyzer's counters."""
+        routing = [route_skills(None if s is None or s.failed else s, len(t.steps), self.args.skill_routing)
+                   for s, t in zip(skills, trajectories)]
+        if self._audit is not None:
+            self._audit.write(self.state.global_step, trajectories, skills, routing)
+        pop = getattr(self.skill_extractor, "pop_metrics", None)
+        if pop is not None:
+            counters = sorted(pop().items())
+            totals = self._global_sum([value for _, value in counters])
+            for (name, _), total in zip(counters, totals):
+                self._log(mode, f"analyzer/{name}", total)
+        return routing
 
     def _skill_advantages(
         self,
@@ -445,7 +474,7 @@ class OPIDTrainer(GRPOTrainer):
         start = time.perf_counter()
         skills, failures = self._extract_skills(trajectories)
         self._log(mode, "time/analysis", time.perf_counter() - start)
-        routed = [route_skills(s, 1, args.skill_routing)[0] for s in skills]
+        routed = [r[0] for r in self._finish_analysis(mode, trajectories, skills)]
         old_logps = output.get("old_per_token_logps")
         prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"].cpu(), output["prompt_mask"].cpu())]
         start = time.perf_counter()
@@ -490,7 +519,7 @@ class OPIDTrainer(GRPOTrainer):
         analysis = None
         if skills_active:
             analysis_start = time.perf_counter()
-            if getattr(self.skill_extractor, "supports_overlap", True):
+            if args.overlap_analysis and getattr(self.skill_extractor, "supports_overlap", True):
                 analysis = self._analysis_pool.submit(self._extract_skills, trajectories)
             else:
                 analysis = _Done(self._extract_skills(trajectories))
@@ -549,8 +578,7 @@ class OPIDTrainer(GRPOTrainer):
             skills, failures = analysis.result()
             self._log(mode, "time/analysis", time.perf_counter() - analysis_start)
             scoring_start = time.perf_counter()
-            routed_per_episode = [route_skills(s, len(ep.steps), args.skill_routing)
-                                  for s, ep in zip(skills, episodes)]
+            routed_per_episode = self._finish_analysis(mode, trajectories, skills)
             routed = [routed_per_episode[e][t] for e, t in rows] + [RoutedSkill()] * num_pad
             row_index = rows + [rows[0] if rows else None] * num_pad
 

@@ -58,6 +58,15 @@ class EpisodeSkills:
 
     episode_skill: str | None = None
     step_skills: dict[int, str] = field(default_factory=dict)
+    #: Set when the analysis failed: the trajectory then gets no skill signal (kept for the audit log).
+    error: str | None = None
+    #: Audit details (prompt, raw answer, latency, tokens, cache hit, ...); never holds credentials.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        """Whether this result carries no skill signal."""
+        return self.error is not None or not (self.episode_skill or self.step_skills)
 
     def cleaned(self, num_steps: int, max_step_skills: int) -> EpisodeSkills:
         """Drop empty skills and indices outside the trajectory; keep the earliest ``max_step_skills``."""
@@ -71,7 +80,7 @@ class EpisodeSkills:
             if 0 <= index < num_steps and isinstance(text, str) and text.strip():
                 steps[index] = text.strip()
         kept = dict(sorted(steps.items())[:max_step_skills])
-        return EpisodeSkills(episode_skill=episode or None, step_skills=kept)
+        return EpisodeSkills(episode_skill=episode or None, step_skills=kept, error=self.error, meta=self.meta)
 
 
 class SkillExtractor(Protocol):

@@ -1,0 +1,135 @@
+"""The offline default analyzer: skills from the trajectory alone, no LLM, no privileged state.
+
+It reads only what the agent saw and did (observations, actions, validity, rewards), so its
+skills are honest hindsight, and it is deterministic.
+
+- A success gives the workflow that solved the task: its valid actions in order, with loops
+  and repeats collapsed. Critical steps: where a reward was earned (the decisive actions) and
+  the first well-formed answer after ill-formed ones.
+- A failure gives avoidance rules from what went wrong: ill-formed answers, an action repeated
+  again and again, back-and-forth loops between two actions, and stretches where the
+  observation did not change. Critical steps: the first step of each such problem.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from ..trajectory import EpisodeSkills, Trajectory
+
+MAX_WORKFLOW_ACTIONS = 12
+
+
+def _collapse(actions: Sequence[str]) -> list[str]:
+    """Actions with immediate repeats and A-B-A-B oscillations removed, first occurrences kept."""
+    out: list[str] = []
+    for action in actions:
+        if out and out[-1] == action:
+            continue
+        if len(out) >= 2 and out[-2] == action:  # A, B, A: drop the return trip
+            out.pop()
+            continue
+        out.append(action)
+    return out
+
+
+class RuleBasedAnalyzer:
+    """Deterministic skill extractor. ``repeat_threshold``: an action taken this many times in a
+    failure is a repetition; ``stall_length``: this many steps with an unchanged observation are a
+    no-progress stretch."""
+
+    supports_overlap = True
+
+    def __init__(self, max_step_skills: int | None = None, repeat_threshold: int = 3, stall_length: int = 3) -> None:
+        self.max_step_skills = max_step_skills
+        self.repeat_threshold = repeat_threshold
+        self.stall_length = stall_length
+        self._metrics = {"requests": 0.0, "failures": 0.0}
+
+    def bind_trainer(self, trainer: Any) -> None:
+        if self.max_step_skills is None:
+            self.max_step_skills = trainer.args.max_step_skills
+
+    def pop_metrics(self) -> dict[str, float]:
+        metrics, self._metrics = self._metrics, {"requests": 0.0, "failures": 0.0}
+        return metrics
+
+    def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills]:
+        cap = self.max_step_skills if self.max_step_skills is not None else 5
+        results = []
+        for trajectory in trajectories:
+            self._metrics["requests"] += 1
+            if not trajectory.steps:
+                self._metrics["failures"] += 1
+                results.append(EpisodeSkills(error="empty trajectory"))
+                continue
+            skills = self.success_skills(trajectory) if trajectory.success else self.failure_skills(trajectory)
+            results.append(skills.cleaned(len(trajectory.steps), cap))
+        return results
+
+    # -- successes
+    def success_skills(self, trajectory: Trajectory) -> EpisodeSkills:
+        actions = [s.action for s in trajectory.steps if s.action_valid and s.action]
+        workflow = _collapse(actions)
+        if len(workflow) > MAX_WORKFLOW_ACTIONS:
+            workflow = workflow[: MAX_WORKFLOW_ACTIONS // 2] + ["..."] + workflow[-MAX_WORKFLOW_ACTIONS // 2 :]
+        episode = (f"To {trajectory.task.rstrip('.')}, follow this workflow: " + " -> ".join(workflow) +
+                   ". Keep this order of actions for tasks of this kind and avoid detours.")
+        steps: dict[int, str] = {}
+        for i, step in enumerate(trajectory.steps):
+            if step.reward > 0 and step.action:
+                steps[i] = f"Take '{step.action}' now: it makes progress on the task."
+        for i in range(1, len(trajectory.steps)):
+            step, before = trajectory.steps[i], trajectory.steps[i - 1]
+            if step.action_valid and not before.action_valid and step.action:
+                steps.setdefault(i, f"Answer in the required format with one action, here '{step.action}'.")
+                break
+        return EpisodeSkills(episode, steps)
+
+    # -- failures
+    def failure_skills(self, trajectory: Trajectory) -> EpisodeSkills:
+        steps = trajectory.steps
+        rules: list[str] = []
+        critical: dict[int, str] = {}
+
+        invalid = [i for i, s in enumerate(steps) if not s.action_valid]
+        if invalid:
+            rules.append(f"{len(invalid)} of {len(steps)} answers were ill-formed: always reason inside "
+                         "<think> </think> and give exactly one admissible action inside <action> </action>.")
+            critical.setdefault(invalid[0], "Give exactly one admissible action inside <action> </action> after "
+                                            "your <think> </think> reasoning.")
+
+        actions = [(i, s.action) for i, s in enumerate(steps) if s.action_valid and s.action]
+        counts = Counter(a for _, a in actions)
+        for action, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+            if count < self.repeat_threshold:
+                break
+            third = [i for i, a in actions if a == action][self.repeat_threshold - 1]
+            rules.append(f"Do not repeat '{action}': it was taken {count} times without completing the task.")
+            critical.setdefault(third, f"Do not take '{action}' again; choose an admissible action you have not tried.")
+
+        for k in range(len(actions) - 3):
+            (i0, a0), (_, a1), (_, a2), (_, a3) = actions[k : k + 4]
+            if a0 == a2 and a1 == a3 and a0 != a1:
+                rules.append(f"Avoid going back and forth between '{a0}' and '{a1}'.")
+                critical.setdefault(i0, f"Do not alternate between '{a0}' and '{a1}'; commit to a new plan.")
+                break
+
+        run_start = 0
+        for i in range(1, len(steps) + 1):
+            same = i < len(steps) and steps[i].observation.strip() == steps[i - 1].observation.strip()
+            if not same:
+                if i - run_start >= self.stall_length:
+                    rules.append(f"Steps {run_start}-{i - 1} made no progress (the observation did not change): "
+                                 "when nothing changes, switch to a different action.")
+                    critical.setdefault(run_start + 1, "Nothing changed after your last action: try a different one.")
+                    break
+                run_start = i
+
+        if not rules:
+            rules.append(f"The task '{trajectory.task.rstrip('.')}' was not completed in {len(steps)} steps: "
+                         "check the task statement before each action and prefer actions that move towards it.")
+            critical[len(steps) - 1] = "Re-read the task and pick the admissible action that directly advances it."
+        return EpisodeSkills("Avoid these mistakes: " + " ".join(rules), critical)

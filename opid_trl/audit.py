@@ -1,0 +1,74 @@
+"""Audit trail of every analysis: one JSONL line per trajectory, and a wandb table when wandb runs.
+
+Users debug skills here: what the analyzer was shown, what it answered, what was parsed, and
+which skill each step was scored with. Analyzers never put credentials in the records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .routing import RoutedSkill
+from .trajectory import EpisodeSkills, Trajectory
+
+WANDB_COLUMNS = ["global_step", "trajectory_id", "task", "success", "outcome", "episode_skill", "step_skills",
+                 "error", "latency_s"]
+
+
+class AnalysisAuditLog:
+    """Appends analysis records to ``<output_dir>/analysis/analyses-rank<r>.jsonl``."""
+
+    def __init__(self, output_dir: str | Path, rank: int, use_wandb: bool = False) -> None:
+        self.path = Path(output_dir) / "analysis" / f"analyses-rank{rank}.jsonl"
+        self.use_wandb = use_wandb
+
+    def write(self, global_step: int, trajectories: list[Trajectory], skills: list[EpisodeSkills | None],
+              routing: list[list[RoutedSkill]]) -> None:
+        rows = [self.record(global_step, t, s, r) for t, s, r in zip(trajectories, skills, routing)]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        if self.use_wandb:
+            self._log_wandb(rows)
+
+    @staticmethod
+    def record(global_step: int, trajectory: Trajectory, skills: EpisodeSkills | None,
+               routing: list[RoutedSkill]) -> dict[str, Any]:
+        meta = dict(skills.meta) if skills is not None else {}
+        return {
+            "global_step": global_step,
+            "trajectory_id": trajectory.trajectory_id,
+            "group_id": trajectory.group_id,
+            "task": trajectory.task,
+            "task_type": trajectory.task_type,
+            "success": trajectory.success,
+            "outcome": trajectory.outcome,
+            "num_steps": len(trajectory.steps),
+            "steps": [{"step": s.index, "action": s.action, "valid": s.action_valid, "reward": s.reward,
+                       "return": round(s.discounted_return, 6)} for s in trajectory.steps],
+            "episode_skill": skills.episode_skill if skills is not None else None,
+            "step_skills": {str(k): v for k, v in (skills.step_skills if skills is not None else {}).items()},
+            "error": (skills.error if skills is not None else "no result from the extractor"),
+            "routing": [r.kind for r in routing],
+            "summary": meta.pop("summary", None),
+            "prompt": meta.pop("prompt", None),
+            "raw_answer": meta.pop("raw_answer", None),
+            **meta,
+        }
+
+    @staticmethod
+    def _log_wandb(rows: list[dict[str, Any]]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            return
+        if wandb.run is None:
+            return
+        table = wandb.Table(columns=WANDB_COLUMNS)
+        for row in rows:
+            table.add_data(*[json.dumps(row.get(c)) if isinstance(row.get(c), dict) else row.get(c)
+                             for c in WANDB_COLUMNS])
+        wandb.log({"opid/analyses": table}, commit=False)
