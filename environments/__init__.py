@@ -6,18 +6,37 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from .base import AgentEnvironment, HistoryEntry, PromptView, StepResult, parse_think_action
-from .fetch import FetchEnvironment, make_fetch_task
+from .fetch import FetchEnvironment, fetch_tasks, make_fetch_task
+from .search_qa import SearchQAEnvironment, search_qa_tasks
+from .webshop import WebShopEnvironment, webshop_tasks
 
 _REGISTRY: dict[str, Callable[..., AgentEnvironment]] = {}
+_TASKS: dict[str, Callable[..., Any]] = {}
 
 
-def register(name: str, factory: Callable[..., AgentEnvironment]) -> None:
-    """Register ``factory`` under ``name``; a name can be registered once."""
+def register(name: str, factory: Callable[..., AgentEnvironment], tasks: Callable[..., Any] | None = None) -> None:
+    """Register ``factory`` under ``name``; a name can be registered once.
+
+    ``tasks(split, num_tasks, seed, **kwargs)`` builds the `datasets.Dataset` of task rows that
+    configs train and evaluate on.
+    """
     if name in _REGISTRY and _REGISTRY[name] is not factory:
         raise ValueError(f"environment {name!r} is already registered")
     _REGISTRY[name] = factory
+    if tasks is not None:
+        _TASKS[name] = tasks
+
+
+def tasks(name: str, split: str = "train", num_tasks: int | None = None, seed: int = 0, **kwargs: Any):
+    """The task dataset of the environment registered as ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown environment {name!r}; registered: {available()}")
+    if name not in _TASKS:
+        raise ValueError(f"environment {name!r} has no task builder; pass a dataset of task rows instead")
+    return _TASKS[name](split=split, num_tasks=num_tasks, seed=seed, **kwargs)
 
 
 def available() -> list[str]:
@@ -36,17 +55,22 @@ def make(name: str, **kwargs) -> AgentEnvironment:
     return env
 
 
-register("fetch", FetchEnvironment)
+register("fetch", FetchEnvironment, tasks=fetch_tasks)
+register("webshop", WebShopEnvironment, tasks=webshop_tasks)
+register("search_qa", SearchQAEnvironment, tasks=search_qa_tasks)
 
 __all__ = [
     "AgentEnvironment",
     "FetchEnvironment",
     "HistoryEntry",
     "PromptView",
+    "SearchQAEnvironment",
     "StepResult",
+    "WebShopEnvironment",
     "available",
     "make",
     "make_fetch_task",
     "parse_think_action",
     "register",
+    "tasks",
 ]

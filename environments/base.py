@@ -179,5 +179,19 @@ class AgentEnvironment(ABC):
             info=info,
         )
 
+    def expert_action(self) -> str | None:
+        """The action an expert would take now (for SFT warm starts and tests), if the environment
+        knows one; ``None`` otherwise."""
+        return None
+
+    def expert_response(self) -> str | None:
+        """A complete expert answer for the current step (brief reasoning, then the action), in the
+        environment's output format; ``None`` without an expert. SFT warm starts train on it."""
+        action = self.expert_action()
+        if action is None:
+            return None
+        return (f"<think>My task is to {self.task_description.rstrip('.')}. The most useful next action is "
+                f"'{action}'.</think><action>{action}</action>")
+
     def close(self) -> None:
         """Release engine resources; called when the trainer is done with the instance."""

@@ -32,6 +32,19 @@ def make_fetch_task(seed: int, min_rooms: int = 2, max_rooms: int = 4) -> dict[s
     }
 
 
+SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000, "eval": 1_000_000}
+
+
+def fetch_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, **kwargs: Any):
+    """A dataset of fetch task rows; train and test seeds never overlap."""
+    from datasets import Dataset
+
+    if split not in SPLIT_SEED_OFFSET:
+        raise ValueError(f"fetch: unknown split {split!r}; choose one of {sorted(SPLIT_SEED_OFFSET)}")
+    base = SPLIT_SEED_OFFSET[split] + seed * 10_000
+    return Dataset.from_list([make_fetch_task(base + i, **kwargs) for i in range(num_tasks or 256)])
+
+
 class FetchEnvironment(AgentEnvironment):
     """Walk down a corridor and take the named item. Reward 10 on success."""
 

@@ -63,6 +63,12 @@ class OPIDConfig(GRPOConfig):
                   "recomputes activations chunk by chunk when a micro-step holds more rows than this."},
     )
 
+    eval_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of validation rollouts (`eval_dataset`), which run with no analyzer "
+                  "and no skills. `None` uses `temperature` (reference validation: 0.4)."},
+    )
+
     # Outcome advantage
     outcome_norm: str = field(
         default="mean_std_norm",
@@ -160,6 +166,8 @@ class OPIDConfig(GRPOConfig):
             fail("env_step_workers", "must be a non-negative integer")
         if not isinstance(self.max_rows_per_forward, int) or self.max_rows_per_forward < 1:
             fail("max_rows_per_forward", "must be a positive integer")
+        if self.eval_temperature is not None and not self.eval_temperature > 0:
+            fail("eval_temperature", "must be > 0 or None")
         if self.outcome_norm not in OUTCOME_NORMS:
             fail("outcome_norm", f"must be one of {OUTCOME_NORMS}")
         if self.outcome_grouping not in OUTCOME_GROUPINGS:

@@ -9,6 +9,7 @@ slots in here without touching the trainer.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -68,22 +69,50 @@ class TransformersGenerationBackend:
         if self._model is None:
             raise RuntimeError("TransformersGenerationBackend.generate called outside session()")
         trainer = self.trainer
-        device = trainer.accelerator.device
-        pad_id = trainer._tokenizer.pad_token_id
-        tensors = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
-        input_ids = pad(tensors, padding_value=pad_id, padding_side="left").to(device)
-        attention_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
-        output = self._model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=trainer.generation_config,
-            synced_gpus=False,
-            **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}),
-        )
-        completions = output[:, input_ids.size(1) :].cpu()
-        eos = set(trainer.eos_token_ids)
-        result = []
-        for row in completions.tolist():
-            cut = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
-            result.append(row[:cut])
-        return result
+        generation_config = trainer.generation_config
+        if not trainer.model.training and trainer.args.eval_temperature is not None:
+            generation_config = copy.deepcopy(generation_config)
+            generation_config.temperature = trainer.args.eval_temperature
+        return generate_batch(self._model, prompt_ids, trainer._tokenizer.pad_token_id, trainer.eos_token_ids,
+                              generation_config, trainer.accelerator.device, max_new_tokens)
+
+
+def generate_batch(model, prompt_ids: Sequence[Sequence[int]], pad_token_id: int, eos_token_ids: Sequence[int],
+                   generation_config, device, max_new_tokens: int | None = None) -> list[list[int]]:
+    """Left-pad the prompts, sample once each, and cut every response after its first EOS."""
+    tensors = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
+    input_ids = pad(tensors, padding_value=pad_token_id, padding_side="left").to(device)
+    attention_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
+    output = model.generate(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        generation_config=generation_config,
+        synced_gpus=False,
+        **({"max_new_tokens": max_new_tokens} if max_new_tokens else {}),
+    )
+    eos = set(eos_token_ids)
+    result = []
+    for row in output[:, input_ids.size(1) :].cpu().tolist():
+        cut = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
+        result.append(row[:cut])
+    return result
+
+
+class ModelGenerationBackend:
+    """`generate` on a plain model outside any trainer (evaluation, inference)."""
+
+    def __init__(self, model, tokenizer, generation_config, eos_token_ids: Sequence[int] | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.generation_config = generation_config
+        self.eos_token_ids = list(eos_token_ids or [tokenizer.eos_token_id])
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        with torch.no_grad():
+            yield
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        return generate_batch(self.model, prompt_ids, pad_id, self.eos_token_ids, self.generation_config,
+                              self.model.device, max_new_tokens)

@@ -36,6 +36,10 @@ class Episode:
     done: bool = False
     won: bool = False
     error: str | None = None
+    #: The environment's task type, recorded at reset (the instance is reused afterwards).
+    task_type: str | None = None
+    #: The task statement, recorded at reset.
+    task: str = ""
 
     @property
     def env_return(self) -> float:
@@ -48,11 +52,11 @@ class Episode:
         trajectory = Trajectory(
             trajectory_id=self.trajectory_id,
             group_id=self.group_id,
-            task=self.env.task_description,
+            task=self.task,
             steps=self.steps,
             outcome=self.env_return - penalty,
             success=self.won,
-            task_type=self.env.task_type,
+            task_type=self.task_type,
         )
         trajectory.fill_discounted_returns(gamma)
         return trajectory
@@ -138,6 +142,8 @@ class EpisodeRunner:
         def reset(episode: Episode) -> None:
             try:
                 episode.observation = episode.env.reset(episode.task_row)
+                episode.task_type = episode.env.task_type
+                episode.task = episode.env.task_description
             except Exception as exc:  # an engine failure ends this episode, never the run
                 episode.done, episode.error = True, f"reset: {type(exc).__name__}: {exc}"
                 logger.warning("environment reset failed for %s: %s", episode.trajectory_id, episode.error)

@@ -633,7 +633,7 @@ class OPIDTrainer(GRPOTrainer):
         self._log(mode, "reward", mean_r)
         self._log(mode, "reward_std", math.sqrt(max(r_sq / max(n_ep, 1) - mean_r**2, 0.0)))
         self._log(mode, "time/rollout", rollout_time)
-        per_type = gather_object([(ep.env.task_type or "all", float(ep.won)) for ep in episodes])
+        per_type = gather_object([(ep.task_type or "all", float(ep.won)) for ep in episodes])
         for task_type in sorted({t for t, _ in per_type}):
             self._log(mode, f"env/success_rate/{task_type}", _mean([w for t, w in per_type if t == task_type]))
 

@@ -1,0 +1,190 @@
+"""Search-augmented question answering in the Search-R1 protocol, as an OPID environment.
+
+Each turn the model reasons in ``<think>...</think>`` and then either searches,
+``<search>query</search>`` (the top-k passages come back in ``<information>...</information>``),
+or answers, ``<answer>...</answer>``, which ends the episode with reward 1 for an exact match
+(after answer normalisation) with any gold answer and 0 otherwise. An episode also ends after
+``max_turns`` answers (4 in the reference), ill-formed ones included, so a model cannot stall.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..base import INSTRUCTION_LINE, AgentEnvironment, PromptView, StepResult, render_history, window
+from .loaders import task_fields
+from .normalize import exact_match
+from .oracle import is_generated_task, oracle_response
+from .passages import format_information
+from .retriever import Retriever, shared_bm25
+
+ADMISSIBLE_ACTIONS = ("<search>query</search>", "<answer>answer</answer>")
+FIRST_OBSERVATION = "No information has been retrieved yet."
+SEARCH_FORMAT_INSTRUCTIONS = (
+    "You should first reason step-by-step about what you know and what is still missing. This reasoning "
+    "MUST be enclosed within <think> </think> tags.\n"
+    "After your reasoning, take exactly one of these two actions, not both:\n"
+    "(1) If some knowledge is missing or uncertain, search for it with <search> your query </search>. "
+    "The top results will be returned between <information> and </information>.\n"
+    "(2) If you can answer with confidence, give the final answer, as short as possible, with "
+    "<answer> your answer </answer>, for example <answer> Beijing </answer>."
+)
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
+_BLOCK = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
+_OPEN_TAG = re.compile(r"</?(search|answer)>", re.IGNORECASE)
+
+
+def parse_search_action(text: str) -> tuple[str | None, bool]:
+    """Project a raw answer onto ``<search>q</search>`` or ``<answer>a</answer>``.
+
+    Valid iff there is a ``<think>`` block and, after it, exactly one complete ``search`` or
+    ``answer`` block with non-empty content and no other search/answer tag (a response that both
+    searches and answers is ambiguous: the prompt asks for one action). Tags quoted inside the
+    reasoning are part of the reasoning and ignored; tags before it make the response invalid. The
+    content keeps its case (queries and answers are not case-folded) with whitespace collapsed. For
+    an ill-formed response the last block found, if any, is still returned for the logs.
+    """
+    blocks = list(_BLOCK.finditer(text))
+    if not blocks:
+        return None, False
+    last = blocks[-1]
+    content = " ".join(last.group(2).split())
+    action = f"<{last.group(1).lower()}>{content}</{last.group(1).lower()}>" if content else None
+    think = _THINK.search(text)
+    if action is None or think is None:
+        return action, False
+    before, after = text[: think.start()], text[think.end():]
+    valid = (len(_OPEN_TAG.findall(before)) == 0 and len(_OPEN_TAG.findall(after)) == 2
+             and len(_BLOCK.findall(after)) == 1 and think.end() <= last.start())
+    return action, valid
+
+
+class SearchQAEnvironment(AgentEnvironment):
+    """Search-R1-style QA over a retriever.
+
+    The retriever is, in order of precedence: ``retriever`` (any object with
+    ``search(queries, topk)``), a Search-R1 HTTP server at ``retriever_url``, or the process-wide
+    in-process BM25 index of ``corpus`` (``"generated"`` with ``corpus_seed``, ``"wiki"`` or a JSONL
+    path). Task rows for the generated corpus come from
+    :func:`~environments.search_qa.loaders.search_qa_tasks` (world 0, the default) or
+    :func:`~environments.search_qa.loaders.build_generated_dataset` (pass ``corpus_seed`` = its world).
+
+    ``info`` of every step has ``em`` (1.0/0.0 on an answer, 0.0 otherwise) and ``action_type``
+    (search, answer or invalid); searches add ``query``, ``num_passages`` and ``passage_ids``. The
+    task type is the row's ``data_source`` so that the trainer logs success (= EM) per dataset. A retriever that still
+    fails after its retries raises: the trainer ends that episode and counts an environment error.
+    """
+
+    default_history_length = 4
+    default_max_turns = 4
+
+    def __init__(self, retriever: Retriever | None = None, retriever_url: str | None = None,
+                 corpus: str = "generated", corpus_seed: int = 0, topk: int = 3, max_turns: int | None = 4,
+                 request_timeout: float = 10.0, max_retries: int = 3) -> None:
+        super().__init__()
+        if topk < 1:
+            raise ValueError("topk must be >= 1")
+        if max_turns is not None and max_turns < 1:
+            raise ValueError("max_turns must be >= 1 or None")
+        if retriever is None and retriever_url:
+            from .client import shared_client
+
+            retriever = shared_client(retriever_url, timeout=request_timeout, max_retries=max_retries)
+        self._retriever = retriever
+        self._corpus, self._corpus_seed = corpus, corpus_seed
+        self.topk = topk
+        self.max_turns = max_turns
+        self.question = ""
+        self.golden_answers: list[str] = []
+        self.turns = 0
+        self.done = False
+        self._task: Mapping[str, Any] = {}
+        self._trace: list[tuple[str, str]] = []  # (search action, information) of this episode
+
+    @property
+    def retriever(self) -> Retriever:
+        """Resolved on first use, so that building the environment (the trainer probes one) is cheap."""
+        if self._retriever is None:
+            self._retriever = shared_bm25(self._corpus, self._corpus_seed)
+        return self._retriever
+
+    def reset(self, task: Mapping[str, Any]) -> str:
+        self.question, self.golden_answers, self.task_type = task_fields(task)
+        self.task_description = self.question
+        self.admissible_actions = ADMISSIBLE_ACTIONS
+        self.turns = 0
+        self.done = False
+        self._task = task
+        self._trace = []
+        return FIRST_OBSERVATION
+
+    def parse_action(self, text: str) -> tuple[str | None, bool]:
+        return parse_search_action(text)
+
+    def invalid_action_feedback(self) -> str:
+        return ("Invalid response format. Reason inside <think> </think>, then either search with "
+                "<search> query </search> or answer with <answer> answer </answer>, only one of them.")
+
+    def execute(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        block = _BLOCK.fullmatch(action)
+        if block is None:  # execute() is only reached with parse_search_action's output
+            raise ValueError(f"not a search/answer action: {action!r}")
+        kind, content = block.group(1).lower(), block.group(2)
+        if kind == "answer":
+            em = exact_match(content, self.golden_answers)
+            self.done = True
+            return f"Your final answer: {content}", em, True, em == 1.0, {"em": em, "action_type": "answer"}
+        hits = self.retriever.search([content], self.topk)[0]
+        info = {"em": 0.0, "action_type": "search", "query": content, "num_passages": len(hits),
+                "passage_ids": [h.passage.id for h in hits]}
+        observation = format_information(hits)
+        self._trace.append((action, observation))
+        return observation, 0.0, self._out_of_turns(), False, info
+
+    def _out_of_turns(self) -> bool:
+        return self.max_turns is not None and self.turns >= self.max_turns
+
+    def step(self, text: str) -> StepResult:
+        """Count every answer, ill-formed ones included, towards ``max_turns``."""
+        self.turns += 1
+        result = super().step(text)
+        if not result.action_valid and self._out_of_turns():
+            result.done = True
+        if not result.action_valid:
+            result.info = {"em": 0.0, "action_type": "invalid"}
+        self.done = result.done
+        return result
+
+    def expert_response(self) -> str | None:
+        """The oracle's next full response (reasoning + action) on a generated task, else ``None``.
+
+        Use this rather than wrapping :meth:`expert_action` in ``<action>`` tags: the search format
+        has no ``<action>`` tag, and a warm start should teach the exact format the reward checks.
+        """
+        if self.done or not is_generated_task(self._task):
+            return None
+        return oracle_response(self._task, self._trace)
+
+    def expert_action(self) -> str | None:
+        """The oracle's next action (``<search>q</search>`` or ``<answer>a</answer>``), if it knows one."""
+        response = self.expert_response()
+        return None if response is None else parse_search_action(response)[0]
+
+    def render_prompt(self, view: PromptView, history_length: int) -> str:
+        kept, first = window(view.history, history_length)
+        lines = ["You are an expert agent answering a question step by step with the help of a search engine.",
+                 f"Your question: {view.task}"]
+        if kept:
+            lines.append(
+                f"Prior to this step, you have already taken {view.step} step(s). Below are the most recent "
+                f"{len(kept)} observations and the corresponding actions you took:\n{render_history(kept, first)}"
+            )
+        lines.append(f"You are now at step {view.step + 1} and your current information is: {view.observation}")
+        lines.append("Your admissible actions are: [" + ", ".join(f"'{a}'" for a in view.admissible_actions) + "].")
+        lines.append("")
+        lines.append(INSTRUCTION_LINE)
+        lines.append(SEARCH_FORMAT_INSTRUCTIONS)
+        return "\n".join(lines)

@@ -1,0 +1,123 @@
+"""Train an agent with OPID (or the GRPO baseline) from a YAML run file.
+
+    python train.py --config configs/quickstart_cpu.yaml
+    accelerate launch --config_file configs/accelerate/8gpu.yaml train.py --config configs/alfworld/opid_qwen2.5-3b.yaml
+    torchrun --nproc_per_node 2 train.py --config X.yaml training.max_steps=10
+
+Any field can be overridden with dotted names after the options. Everything is validated
+before the first model is loaded. `--resume` continues from the last checkpoint in the output
+directory (or from the checkpoint path given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML run file")
+    parser.add_argument("--resume", nargs="?", const="last", default=None,
+                        help="resume from the last checkpoint in training.output_dir, or from the given path")
+    parser.add_argument("--validate-only", action="store_true", help="check the configuration and exit")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.max_steps=5")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from opid_trl.run_config import (ConfigError, build_analyzer, build_tasks, build_training_args,
+                                     check_environment, load_run_config)
+
+    started = time.time()
+    try:
+        run = load_run_config(args.config, args.overrides)
+        training_args = build_training_args(run)
+        check_environment(run)
+        train_tasks = build_tasks(run, "train")
+        eval_tasks = build_tasks(run, "eval")
+        analyzer = build_analyzer(run)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.validate_only:
+        print(f"{args.config}: valid")
+        return 0
+
+    from opid_trl import OPIDTrainer
+    from opid_trl.embedded import resolve_model
+    from opid_trl.reporting import MetricsJSONLCallback, plot_metrics
+
+    output_dir = Path(training_args.output_dir)
+    resume = None
+    if args.resume == "last":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
+        if resume is None:
+            print(f"--resume: no checkpoint in {output_dir}; starting from scratch", file=sys.stderr)
+    elif args.resume:
+        resume = args.resume
+
+    model_path = resolve_model(run.model)
+    if run.sft is not None:
+        model_path = warm_start(run, model_path, training_args, skip=resume is not None)
+
+    trainer = OPIDTrainer(
+        model=model_path,
+        args=training_args,
+        train_dataset=train_tasks,
+        eval_dataset=eval_tasks,
+        environment=run.environment.name,
+        environment_kwargs=run.environment.kwargs,
+        skill_extractor=analyzer,
+        callbacks=[MetricsJSONLCallback(output_dir)],
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(output_dir / "final"))
+    if trainer.accelerator.is_main_process:
+        plots = plot_metrics(output_dir / "metrics.jsonl", output_dir / "plots")
+        print(f"done in {time.time() - started:.0f}s: model in {output_dir / 'final'}, metrics in "
+              f"{output_dir / 'metrics.jsonl'}, plots: {', '.join(p.name for p in plots)}")
+    return 0
+
+
+def warm_start(run, model_path: str, training_args, skip: bool) -> str:
+    """Run the SFT warm start once (main process writes; others wait) and return its model folder."""
+    from accelerate import PartialState
+
+    import environments
+    from opid_trl.run_config import build_tasks
+    from opid_trl.sft import expert_examples, run_sft
+
+    target = Path(training_args.output_dir) / run.sft.output_subdir
+    if skip or (target / "config.json").exists():
+        return str(target)
+    state = PartialState()
+    probe = environments.make(run.environment.name, **run.environment.kwargs)
+    history = training_args.history_length if training_args.history_length is not None else probe.default_history_length
+    max_turns = training_args.max_turns or probe.default_max_turns
+    probe.close()
+    split = run.environment.train
+    rows = environments.tasks(run.environment.name, split=split.split, num_tasks=run.sft.num_tasks,
+                              seed=run.sft.seed, **split.kwargs)
+    examples, stats = expert_examples(lambda: environments.make(run.environment.name, **run.environment.kwargs),
+                                      rows, history, max_turns)
+    if state.is_main_process:
+        print(f"SFT warm start: {int(stats['examples'])} expert steps "
+              f"(expert success {stats['expert_success_rate']:.0%})")
+    run_sft(model_path, examples, target, epochs=run.sft.epochs, learning_rate=run.sft.learning_rate,
+            batch_size=run.sft.batch_size, max_length=run.sft.max_length, seed=training_args.seed,
+            use_cpu=training_args.use_cpu, bf16=training_args.bf16, report_to=[])
+    state.wait_for_everyone()
+    return str(target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
