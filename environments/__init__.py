@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .alfworld import ALFWorldEnvironment, alfworld_tasks
 from .base import AgentEnvironment, HistoryEntry, PromptView, StepResult, parse_think_action
 from .fetch import FetchEnvironment, fetch_tasks, make_fetch_task
 from .search_qa import SearchQAEnvironment, search_qa_tasks
@@ -56,10 +57,12 @@ def make(name: str, **kwargs) -> AgentEnvironment:
 
 
 register("fetch", FetchEnvironment, tasks=fetch_tasks)
+register("alfworld", ALFWorldEnvironment, tasks=alfworld_tasks)
 register("webshop", WebShopEnvironment, tasks=webshop_tasks)
 register("search_qa", SearchQAEnvironment, tasks=search_qa_tasks)
 
 __all__ = [
+    "ALFWorldEnvironment",
     "AgentEnvironment",
     "FetchEnvironment",
     "HistoryEntry",

@@ -101,6 +101,29 @@ def render_history(history: Sequence[HistoryEntry], first_step: int) -> str:
     return "\n".join(lines)
 
 
+def reference_prompt(task_lines: Sequence[str], view: PromptView, history_length: int, actions_text: str,
+                     history_separator: str = "\n", instructions: str = FORMAT_INSTRUCTIONS) -> str:
+    """The step prompt of the reference environments (verl-agent layout).
+
+    ``task_lines`` open the prompt (one of them states the task: the episode skill goes after it),
+    then the last ``history_length`` steps, the current observation, ``actions_text`` (the
+    admissible actions, formatted by the environment), and the final instruction line before
+    which a step skill goes.
+    """
+    kept, first = window(view.history, history_length)
+    lines = list(task_lines)
+    if kept:
+        lines.append(
+            f"Prior to this step, you have already taken {view.step} step(s). Below are the most recent "
+            f"{len(kept)} observations and the corresponding actions you took:{history_separator}"
+            f"{render_history(kept, first)}"
+        )
+    lines.append(f"You are now at step {view.step + 1} and your current observation is: {view.observation}")
+    lines.append(f"Your admissible actions of the current situation are: {actions_text}.")
+    lines += ["", INSTRUCTION_LINE, instructions]
+    return "\n".join(lines)
+
+
 def window(history: Sequence[HistoryEntry], history_length: int) -> tuple[tuple[HistoryEntry, ...], int]:
     """The last ``history_length`` entries and the 1-based step number of the first one kept."""
     kept = tuple(history[len(history) - history_length :]) if history_length > 0 else ()

@@ -12,7 +12,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from .base import FORMAT_INSTRUCTIONS, INSTRUCTION_LINE, AgentEnvironment, PromptView, render_history, window
+from .base import AgentEnvironment, PromptView, reference_prompt
 
 ITEMS = ("apple", "key", "book", "lamp", "cup", "coin", "map", "pen", "ring", "sock")
 
@@ -117,23 +117,9 @@ class FetchEnvironment(AgentEnvironment):
         return result
 
     def render_prompt(self, view: PromptView, history_length: int) -> str:
-        kept, first = window(view.history, history_length)
-        lines = [f"You are an expert agent exploring a corridor of rooms. Your task is to: {view.task}"]
-        if kept:
-            lines.append(
-                f"Prior to this step, you have already taken {view.step} step(s). Below are the most recent "
-                f"{len(kept)} observations and the corresponding actions you took:\n{render_history(kept, first)}"
-            )
-        lines.append(f"You are now at step {view.step + 1} and your current observation is: {view.observation}")
-        lines.append(
-            "Your admissible actions of the current situation are: ["
-            + ", ".join(f"'{a}'" for a in view.admissible_actions)
-            + "]."
-        )
-        lines.append("")
-        lines.append(INSTRUCTION_LINE)
-        lines.append(FORMAT_INSTRUCTIONS)
-        return "\n".join(lines)
+        actions = "[" + ", ".join(f"'{a}'" for a in view.admissible_actions) + "]"
+        task = f"You are an expert agent exploring a corridor of rooms. Your task is to: {view.task}"
+        return reference_prompt([task], view, history_length, actions)
 
     def expert_action(self) -> str:
         """The optimal next action: walk east to the target's room, then take it."""

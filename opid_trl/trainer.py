@@ -363,52 +363,54 @@ class OPIDTrainer(GRPOTrainer):
     def _skill_advantages(
         self,
         routed: list[RoutedSkill],
-        render: Callable[[int, str | None, str | None], Callable[[int], str] | None],
+        render: Callable[[int, str | None, str | None], Callable[[int], Any]],
         old_logps: torch.Tensor,
         completion_ids: torch.Tensor,
         completion_mask: torch.Tensor,
         history_length: int,
         mode: str,
-        tokenize: Callable[[list[str]], list[list[int]]] | None = None,
+        tokenize: Callable[[list[Any]], list[list[int]]] | None = None,
     ) -> torch.Tensor:
         """Weighted per-token skill advantage of every row.
 
         ``routed[i]`` is row i's routing (padding rows: empty). ``render(i, episode_skill, step_skill)``
-        returns the skill-augmented renderer of row i (history window -> text); ``tokenize`` turns
-        rendered texts into prompt ids (default: one user message through the chat template). Each pass (episode
-        skills, step skills) runs on all rows of every rank when any rank needs it, so that every
-        rank runs the same number of forward passes.
+        returns the skill-augmented renderer of row i (history window -> prompt); ``tokenize`` turns
+        rendered prompts into ids (default: each text as one user message through the chat template).
+
+        Each pass (episode skills, then step skills) re-scores only the rows routed to it, so
+        critical-first routing costs one extra forward over the batch in all. Every process runs
+        the pass on the same number of rows (the largest count, padded with masked rows), so that
+        every rank runs the same number of forward passes.
         """
         args = self.args
         total = torch.zeros_like(old_logps)
-        passes = [("episode", args.skill_coef_episode), ("step", args.skill_coef_step)]
-        for kind, coef in passes:
-            needs = [
-                (r.episode_skill if kind == "episode" else r.step_skill) is not None
-                and (args.skill_routing == "additive" or r.kind == kind)
-                for r in routed
-            ]
-            if coef == 0 or self._global_sum([sum(needs)])[0] == 0:
+        for kind, coef in (("episode", args.skill_coef_episode), ("step", args.skill_coef_step)):
+            skill_of = (lambda r: r.episode_skill) if kind == "episode" else (lambda r: r.step_skill)
+            selected = [i for i, r in enumerate(routed)
+                        if skill_of(r) is not None and (args.skill_routing == "additive" or r.kind == kind)]
+            count = int(max(gather_object([len(selected)])))
+            if coef == 0 or count == 0:
                 continue
-            renderers = [
-                render(i, r.episode_skill if kind == "episode" else None, r.step_skill if kind == "step" else None)
-                if need else render(i, None, None)
-                for i, (r, need) in enumerate(zip(routed, needs))
-            ]
+            rows = selected + [selected[0] if selected else 0] * (count - len(selected))
+            renderers = [render(i, routed[i].episode_skill if kind == "episode" else None,
+                                routed[i].step_skill if kind == "step" else None) for i in rows]
             _, prompt_ids, overflow = fit_prompts(renderers, history_length, args.max_prompt_length,
                                                   tokenize or self._tokenize_texts)
-            skill_logps = self._logps(prompt_ids, completion_ids, completion_mask)
-            row_mask = torch.tensor(needs, dtype=completion_mask.dtype, device=completion_mask.device)
+            index = torch.tensor(rows, dtype=torch.long, device=completion_ids.device)
+            real = torch.zeros(count, dtype=completion_mask.dtype, device=completion_mask.device)
+            real[: len(selected)] = 1
+            skill_logps = self._logps(prompt_ids, completion_ids[index], completion_mask[index])
             delta = skill_advantage(
                 skill_logps,
-                old_logps,
-                completion_mask * row_mask.unsqueeze(1),
+                old_logps[index],
+                completion_mask[index] * real.unsqueeze(1),
                 clip=args.skill_adv_clip,
                 normalize=args.skill_adv_normalize,
                 all_reduce_sum=lambda t: self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum"),
             )
-            total = total + coef * delta
+            total.index_add_(0, index[: len(selected)], coef * delta[: len(selected)])
             self._log(mode, f"skill/{kind}_prompt_overflow", self._global_sum([overflow])[0])
+            self._log(mode, f"skill/{kind}_rows_scored", self._global_sum([len(selected)])[0])
         return total
 
     def _log_skill_stats(self, mode: str, skill_adv: torch.Tensor, mask: torch.Tensor,
@@ -481,17 +483,15 @@ class OPIDTrainer(GRPOTrainer):
         if old_logps is None:
             old_logps = self._logps(prompt_ids, completion_ids, completion_mask)
 
-        def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], str]:
-            text = inject(prompt_texts[i], episode_skill, step_skill, task=None, anchor=None)
-            return lambda _k: text
-
-        def tokenize(texts: list[str]) -> list[list[int]]:
+        def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], Any]:
             # Same rendering as GRPO: the augmented text replaces the last message's content.
-            augmented = [
-                p[:-1] + [{**p[-1], "content": t}] if is_conversational({"prompt": p}) else t
-                for p, t in zip(prompts, texts)
-            ]
-            return [list(ids) for ids in self._tokenize_prompts(augmented)[0]]
+            text = inject(prompt_texts[i], episode_skill, step_skill, task=None, anchor=None)
+            prompt = prompts[i]
+            augmented = prompt[:-1] + [{**prompt[-1], "content": text}] if is_conversational({"prompt": prompt}) else text
+            return lambda _k: augmented
+
+        def tokenize(items: list[Any]) -> list[list[int]]:
+            return [list(ids) for ids in self._tokenize_prompts(items)[0]]
 
         skill_adv = self._skill_advantages(routed, render, old_logps, completion_ids, mask, 0, mode, tokenize)
         self._log(mode, "time/skill_scoring", time.perf_counter() - start)

@@ -14,12 +14,14 @@ import pytest
 
 pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
+pytest.importorskip("fast_downward")
 
 from environments.alfworld import (  # noqa: E402
     HELD_OUT_TARGETS,
     TASK_TYPES,
     ALFWorldEnvironment,
     alfworld_dataset,
+    alfworld_tasks,
     ensure_game_records,
     ensure_games,
     official_game_files,
@@ -118,7 +120,7 @@ def test_prompt_follows_the_reference_template(train_games, env):
 
 def test_same_seed_same_game_and_other_seed_other_game(train_games, tmp_path):
     again = generate_games(str(tmp_path), "train", [0, 1], seed=0)
-    for record, fresh in zip(train_games[:2], again):
+    for record, fresh in zip(train_games[:2], again, strict=True):
         for name in ("game.tw-pddl", "traj_data.json"):
             with open(os.path.join(os.path.dirname(record["game_file"]), name)) as a, \
                     open(os.path.join(str(tmp_path), os.path.dirname(fresh.game_file), name)) as b:
@@ -147,7 +149,7 @@ def test_cache_reuses_and_extends(train_games, cache, tmp_path, monkeypatch):
     shutil.copytree(cache, copy)
     calls = []
 
-    def fake_generate(root, split, indices, seed, log_every=0):
+    def fake_generate(root, split, indices, seed, log_every=0, workers=1):
         calls.append(list(indices))
         return []
 
@@ -160,7 +162,7 @@ def test_cache_reuses_and_extends(train_games, cache, tmp_path, monkeypatch):
     assert calls == [[6, 7]]  # only the missing games
 
 
-def test_cli_and_official_layout(train_games, cache, tmp_path, monkeypatch, capsys):
+def test_cli_and_official_layout(train_games, unseen_games, cache, tmp_path, monkeypatch, capsys):
     out = tmp_path / "cli"
     main(["--out", str(out), "--num-games", "1", "--split", "train", "--seed", "0"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["games"] == 1
@@ -186,6 +188,14 @@ def test_cli_and_official_layout(train_games, cache, tmp_path, monkeypatch, caps
     dataset = alfworld_dataset("train", 4, seed=0, cache_dir=cache)
     assert len(dataset) == 4 and dataset[0]["game_file"] == train_games[0]["game_file"]
     assert alf_data.cache_root(cache, "train", 0) in dataset[0]["game_file"]
+    # The registry's task builder: reference split names, environment kwargs tolerated.
+    rows = alfworld_tasks("valid_unseen", 6, seed=0, cache_dir=cache, success_reward=10.0)
+    assert rows["game_file"] == [g["game_file"] for g in unseen_games]
+    assert sorted(rows["task_type"]) == sorted(TASK_TYPES)
+    with pytest.raises(TypeError, match="bogus"):
+        alfworld_tasks("train", 2, cache_dir=cache, bogus=1)
+    with pytest.raises(ValueError, match="unknown split"):
+        alfworld_tasks("dev", 2, cache_dir=cache)
 
 
 class SkillsForEveryone:

@@ -1,13 +1,14 @@
 """ALFWorld on the real engine (TextWorld PddlEnv + fast-downward), with an offline game generator.
 
 Importing this package needs neither alfworld nor textworld; building a game or playing one does
-(``pip install 'opid-trl[alfworld]'``). Register :class:`ALFWorldEnvironment` under "alfworld";
-build task rows with :func:`alfworld_dataset` (official games from ``$ALFWORLD_DATA`` when present,
-otherwise generated once into a cache by :func:`ensure_games`).
+(``pip install 'opid-trl[alfworld]'``). Register :class:`ALFWorldEnvironment` under "alfworld"
+with :func:`alfworld_tasks` as its task builder: official games from ``$ALFWORLD_DATA`` when
+present, otherwise games generated once into a cache (:func:`ensure_games`).
 """
 
 from .data import (
     alfworld_dataset,
+    alfworld_tasks,
     default_cache_dir,
     ensure_game_records,
     ensure_games,
@@ -24,6 +25,7 @@ __all__ = [
     "SPLIT_DIRS",
     "TASK_TYPES",
     "alfworld_dataset",
+    "alfworld_tasks",
     "default_cache_dir",
     "ensure_game_records",
     "ensure_games",

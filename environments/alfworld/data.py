@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -21,8 +22,19 @@ from .scenes import SPLIT_DIRS
 
 #: Bump when the generator changes what it writes, so that stale caches are not reused.
 GENERATOR_VERSION = 1
-_OFFICIAL_SPLITS = {"train": "train", "seen": "valid_seen", "valid_seen": "valid_seen",
-                    "unseen": "valid_unseen", "valid_unseen": "valid_unseen"}
+#: Accepted split names -> generator split; "eval"-like names mean the unseen split.
+SPLIT_ALIASES = {"train": "train", "seen": "seen", "valid_seen": "seen", "unseen": "unseen",
+                  "valid_unseen": "unseen", "eval": "unseen", "validation": "unseen", "test": "unseen"}
+#: Size of the official splits, used when a generated split is asked for without a size.
+OFFICIAL_SIZES = {"train": 3553, "seen": 140, "unseen": 134}
+
+
+def generated_split(split: str) -> str:
+    """The generator's name (train/seen/unseen) for any accepted split name."""
+    try:
+        return SPLIT_ALIASES[split]
+    except KeyError:
+        raise ValueError(f"alfworld: unknown split {split!r}; choose one of {sorted(SPLIT_ALIASES)}") from None
 
 
 def default_cache_dir() -> str:
@@ -40,7 +52,7 @@ def official_game_files(split: str = "train", data_root: str | None = None) -> l
     root = data_root or os.environ.get("ALFWORLD_DATA")
     if not root:
         return []
-    split_dir = os.path.join(os.path.expandvars(root), "json_2.1.1", _OFFICIAL_SPLITS.get(split, split))
+    split_dir = os.path.join(os.path.expandvars(root), "json_2.1.1", SPLIT_DIRS[generated_split(split)])
     games = []
     for directory, _, files in os.walk(split_dir):
         if "traj_data.json" not in files or "game.tw-pddl" not in files:
@@ -82,21 +94,22 @@ def _read_manifest(path: str) -> list[dict[str, Any]]:
         return json.load(f)["games"]
 
 
-def generate_into(root: str, split: str, num_games: int, seed: int = 0, log_every: int = 0) -> list[dict[str, Any]]:
+def generate_into(root: str, split: str, num_games: int, seed: int = 0, log_every: int = 0,
+                  workers: int = 1) -> list[dict[str, Any]]:
     """Make ``root`` (an ALFWORLD_DATA-style directory) hold the first ``num_games`` games of
     ``(split, seed)``, generating only the missing ones; returns their manifest entries with
     absolute ``game_file`` paths. Safe to call from several processes at once (file lock)."""
     from . import generate
 
-    if split not in SPLIT_DIRS:
-        raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_DIRS)}")
+    split = generated_split(split)
     path = manifest_path(root, split, seed)
     records = _read_manifest(path)
     if len(records) < num_games:
         with _locked(root):
             records = _read_manifest(path)  # another process may have generated them meanwhile
             if len(records) < num_games:
-                new = generate.generate_games(root, split, range(len(records), num_games), seed, log_every=log_every)
+                new = generate.generate_games(root, split, range(len(records), num_games), seed, log_every=log_every,
+                                              workers=workers)
                 records = records + [asdict(r) for r in new]
                 with open(path + ".tmp", "w") as f:
                     json.dump({"version": GENERATOR_VERSION, "split": split, "seed": seed, "games": records}, f,
@@ -105,41 +118,66 @@ def generate_into(root: str, split: str, num_games: int, seed: int = 0, log_ever
     return [{**r, "game_file": os.path.join(os.path.abspath(root), r["game_file"])} for r in records[:num_games]]
 
 
-def ensure_game_records(cache_dir: str, split: str, num_games: int, seed: int = 0,
-                        log_every: int = 0) -> list[dict[str, Any]]:
+def ensure_game_records(cache_dir: str, split: str, num_games: int, seed: int = 0, log_every: int = 0,
+                        workers: int = 1) -> list[dict[str, Any]]:
     """Manifest entries of the first ``num_games`` cached games of ``(split, seed)``; see :func:`generate_into`."""
-    return generate_into(cache_root(cache_dir, split, seed), split, num_games, seed, log_every=log_every)
+    split = generated_split(split)
+    return generate_into(cache_root(cache_dir, split, seed), split, num_games, seed, log_every=log_every,
+                         workers=workers)
 
 
-def ensure_games(cache_dir: str | None, split: str, num_games: int, seed: int = 0, log_every: int = 0) -> list[str]:
+def ensure_games(cache_dir: str | None, split: str, num_games: int, seed: int = 0, log_every: int = 0,
+                 workers: int = 1) -> list[str]:
     """Paths of the first ``num_games`` generated games of ``(split, seed)``; generates once, then reuses."""
-    records = ensure_game_records(cache_dir or default_cache_dir(), split, num_games, seed, log_every=log_every)
+    records = ensure_game_records(cache_dir or default_cache_dir(), split, num_games, seed, log_every=log_every,
+                                  workers=workers)
     return [r["game_file"] for r in records]
 
 
 def task_rows(split: str = "train", num_games: int | None = None, seed: int = 0, cache_dir: str | None = None,
-              data_root: str | None = None) -> list[dict[str, Any]]:
-    """Task rows ``{"game_file", "task_type", "goal"}`` for a split.
+              data_root: str | None = None, workers: int | None = None) -> list[dict[str, Any]]:
+    """Task rows ``{"game_file", "task_type"}`` for a split.
 
-    Uses the official games when ``data_root``/``$ALFWORLD_DATA`` has them (the first ``num_games``
-    if given); otherwise generates ``num_games`` games into the cache.
+    Uses the official games when ``data_root``/``$ALFWORLD_DATA`` has them (a ``seed``-ed sample of
+    ``num_games`` of them if given); otherwise the first ``num_games`` generated games of
+    ``(split, seed)`` (default: as many as the official split has), generated into the cache on
+    first use with ``workers`` processes (default: all CPUs).
     """
     official = official_game_files(split, data_root)
     if official:
+        if num_games and num_games < len(official):  # a seeded subset that mixes the task types
+            official = sorted(random.Random(seed).sample(official, num_games))
         rows = []
-        for path in official[:num_games] if num_games else official:
+        for path in official:
             with open(os.path.join(os.path.dirname(path), "traj_data.json")) as f:
-                rows.append({"game_file": path, "task_type": json.load(f)["task_type"], "goal": ""})
+                rows.append({"game_file": path, "task_type": json.load(f)["task_type"]})
         return rows
-    if not num_games:
-        raise ValueError("no official ALFWorld games found: pass num_games to generate some")
-    records = ensure_game_records(cache_dir or default_cache_dir(), split, num_games, seed)
-    return [{"game_file": r["game_file"], "task_type": r["task_type"], "goal": r["goal"]} for r in records]
+    split = generated_split(split)
+    records = ensure_game_records(cache_dir or default_cache_dir(), split, num_games or OFFICIAL_SIZES[split], seed,
+                                  workers=workers or os.cpu_count() or 1)
+    return [{"game_file": r["game_file"], "task_type": r["task_type"]} for r in records]
+
+
+#: Constructor arguments of ALFWorldEnvironment that a task builder may be handed and ignores.
+_ENVIRONMENT_ONLY = {"success_reward"}
+
+
+def alfworld_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, *,
+                   cache_dir: str | None = None, data_root: str | None = None, workers: int | None = None,
+                   **env_kwargs: Any):
+    """A ``datasets.Dataset`` of task rows (see :func:`task_rows`): the registry's task builder.
+
+    ``env_kwargs`` may repeat the environment's constructor arguments; they are ignored.
+    """
+    from datasets import Dataset
+
+    unknown = set(env_kwargs) - _ENVIRONMENT_ONLY
+    if unknown:
+        raise TypeError(f"alfworld_tasks: unexpected arguments {sorted(unknown)}")
+    return Dataset.from_list(task_rows(split, num_tasks, seed, cache_dir, data_root, workers))
 
 
 def alfworld_dataset(split: str = "train", num_games: int | None = None, seed: int = 0,
-                     cache_dir: str | None = None, data_root: str | None = None):
-    """A ``datasets.Dataset`` of task rows (see :func:`task_rows`) for ``OPIDTrainer``."""
-    from datasets import Dataset
-
-    return Dataset.from_list(task_rows(split, num_games, seed, cache_dir, data_root))
+                     cache_dir: str | None = None, data_root: str | None = None, workers: int | None = None):
+    """Same as :func:`alfworld_tasks` (``num_games`` = ``num_tasks``)."""
+    return alfworld_tasks(split, num_games, seed, cache_dir=cache_dir, data_root=data_root, workers=workers)

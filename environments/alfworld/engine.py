@@ -29,8 +29,9 @@ import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 _LOCK = threading.Lock()
 ENGINE_LOCK = threading.RLock()
@@ -65,7 +66,7 @@ def install_speedups() -> None:
     if _installed or os.environ.get("OPID_ALFWORLD_NO_SPEEDUPS") == "1":
         return
     import fast_downward
-    import textworld.envs.pddl.textgen as textgen
+    from textworld.envs.pddl import textgen
     from textworld.logic import Rule
 
     fast_downward.pddl2sas = _cached_translation(fast_downward.pddl2sas)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import FORMAT_INSTRUCTIONS, INSTRUCTION_LINE, AgentEnvironment, PromptView, render_history, window
+from ..base import AgentEnvironment, PromptView, reference_prompt
 from .scenes import TASK_TYPES
 
 _TASK_RE = re.compile(r"Your task is to: (.*)", re.DOTALL)
@@ -48,6 +48,8 @@ class ALFWorldEnvironment(AgentEnvironment):
         self.data_root = data_root
         self.game_file: str | None = None
         self._engine = None  # created at the first reset: the trainer's probe instance never plays
+        self._plan: list[str] = []
+        self._plan_position: int | None = None
 
     def _resolve(self, task: Mapping[str, Any]) -> str:
         path = task.get("game_file") or task.get("gamefile")
@@ -69,6 +71,7 @@ class ALFWorldEnvironment(AgentEnvironment):
         self.task_description = match.group(1).strip() if match else ""
         self.task_type = task.get("task_type") or task_type_of(self.game_file)
         self._update_actions()
+        self._plan, self._plan_position = self.walkthrough(), 0
         return intro.strip()
 
     def _update_actions(self) -> None:
@@ -76,6 +79,9 @@ class ALFWorldEnvironment(AgentEnvironment):
 
     def execute(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         admissible = action in self.admissible_actions
+        if self._plan_position is not None:
+            on_plan = self._plan_position < len(self._plan) and action == self._plan[self._plan_position]
+            self._plan_position = self._plan_position + 1 if on_plan else None
         state = self._engine.step(action)
         won = bool(state["won"])
         self._update_actions()
@@ -83,20 +89,15 @@ class ALFWorldEnvironment(AgentEnvironment):
         return state["feedback"].strip(), self.success_reward if won else 0.0, won, won, info
 
     def render_prompt(self, view: PromptView, history_length: int) -> str:
-        kept, first = window(view.history, history_length)
-        lines = [f"You are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {view.task}"]
-        if kept:
-            lines.append(
-                f"Prior to this step, you have already taken {view.step} step(s). Below are the most recent "
-                f"{len(kept)} observations and the corresponding actions you took: {render_history(kept, first)}"
-            )
-        lines.append(f"You are now at step {view.step + 1} and your current observation is: {view.observation}")
-        actions = "\n ".join(f"'{a}'" for a in view.admissible_actions)
-        lines.append(f"Your admissible actions of the current situation are: [{actions}].")
-        lines.append("")
-        lines.append(INSTRUCTION_LINE)
-        lines.append(FORMAT_INSTRUCTIONS)
-        return "\n".join(lines)
+        actions = "[" + "\n ".join(f"'{a}'" for a in view.admissible_actions) + "]"
+        task = f"You are an expert agent operating in the ALFRED Embodied Environment. Your task is to: {view.task}"
+        return reference_prompt([task], view, history_length, actions, history_separator=" ")
+
+    def expert_action(self) -> str | None:
+        """The next action of the game's expert plan while the episode has followed it so far."""
+        if self._plan_position is None or self._plan_position >= len(self._plan):
+            return None
+        return self._plan[self._plan_position]
 
     def walkthrough(self) -> list[str]:
         """The expert plan stored in the current game file (fast-downward's, for generated games)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 TASK_TYPES: tuple[str, ...] = (
     "pick_and_place_simple",
@@ -130,7 +130,7 @@ def _synthetic_id(cls: str, index: int, number: int) -> str:
     return f"{cls}|{x:+06.2f}|+00.90|{-z:+06.2f}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_scene(number: int) -> Scene:
     """Read one floor plan from the alfworld package."""
     import numpy as np

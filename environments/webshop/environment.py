@@ -10,15 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..base import (
-    FORMAT_INSTRUCTIONS,
-    INSTRUCTION_LINE,
-    AgentEnvironment,
-    PromptView,
-    StepResult,
-    render_history,
-    window,
-)
+from ..base import AgentEnvironment, PromptView, StepResult, reference_prompt
 from .engine import BACK_TO_SEARCH, BUY_NOW, DESCRIPTION, DONE, FEATURES, ITEM, NEXT, PREV, RESULTS, SEARCH, ShopEngine
 from .goals import Goal
 from .world import WORLD_KWARGS, ShopWorld, get_world
@@ -26,26 +18,10 @@ from .world import WORLD_KWARGS, ShopWorld, get_world
 
 def render_webshop_prompt(view: PromptView, history_length: int) -> str:
     """The reference WebShop step prompt, showing the last ``history_length`` steps of ``view``."""
-    kept, first = window(view.history, history_length)
-    lines = [
-        "You are an expert autonomous agent operating in the WebShop e-commerce platform.",
-        f"Your task is to: {view.task}.",
-    ]
-    if kept:
-        lines.append(
-            f"Prior to this step, you have already taken {view.step} step(s). Below are the most recent "
-            f"{len(kept)} observations and the corresponding actions you took:\n{render_history(kept, first)}"
-        )
-    lines.append(f"You are now at step {view.step + 1} and your current observation is: {view.observation}")
-    lines.append(
-        "Your admissible actions of the current situation are:\n[\n"
-        + ",\n".join(f"'{a}'" for a in view.admissible_actions)
-        + "\n]."
-    )
-    lines.append("")
-    lines.append(INSTRUCTION_LINE)
-    lines.append(FORMAT_INSTRUCTIONS)
-    return "\n".join(lines)
+    task_lines = ["You are an expert autonomous agent operating in the WebShop e-commerce platform.",
+                  f"Your task is to: {view.task}."]
+    actions = "\n[\n" + ",\n".join(f"'{a}'" for a in view.admissible_actions) + "\n]"
+    return reference_prompt(task_lines, view, history_length, actions)
 
 
 class WebShopEnvironment(AgentEnvironment):
