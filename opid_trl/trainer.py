@@ -146,6 +146,7 @@ class OPIDTrainer(GRPOTrainer):
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._analysis_pool = ThreadPoolExecutor(1, thread_name_prefix="opid-analysis")
         self._rollout_count = 0
+        self._analysis_seconds = 0.0
         self._runner: EpisodeRunner | None = None
         if self.environment_factory is not None:
             if self.use_vllm and generation_backend is None:
@@ -473,9 +474,8 @@ class OPIDTrainer(GRPOTrainer):
         ]
         for trajectory in trajectories:
             trajectory.fill_discounted_returns(args.analysis_gamma)
-        start = time.perf_counter()
         skills, failures = self._extract_skills(trajectories)
-        self._log(mode, "time/analysis", time.perf_counter() - start)
+        self._log(mode, "time/analysis", self._analysis_seconds)
         routed = [r[0] for r in self._finish_analysis(mode, trajectories, skills)]
         old_logps = output.get("old_per_token_logps")
         prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"].cpu(), output["prompt_mask"].cpu())]
@@ -518,7 +518,6 @@ class OPIDTrainer(GRPOTrainer):
         trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
         analysis = None
         if skills_active:
-            analysis_start = time.perf_counter()
             if args.overlap_analysis and getattr(self.skill_extractor, "supports_overlap", True):
                 analysis = self._analysis_pool.submit(self._extract_skills, trajectories)
             else:
@@ -575,8 +574,12 @@ class OPIDTrainer(GRPOTrainer):
                                   dtype=torch.float32, device=device)
         advantages = advantages.unsqueeze(1).expand_as(completion_mask).clone()
         if analysis is not None:
+            wait_start = time.perf_counter()
             skills, failures = analysis.result()
-            self._log(mode, "time/analysis", time.perf_counter() - analysis_start)
+            # time/analysis: the extractor's own wall time; time/analysis_wait: what the step waited
+            # for it after the log-prob passes (0 when fully overlapped).
+            self._log(mode, "time/analysis", self._analysis_seconds)
+            self._log(mode, "time/analysis_wait", time.perf_counter() - wait_start)
             scoring_start = time.perf_counter()
             routed_per_episode = self._finish_analysis(mode, trajectories, skills)
             routed = [routed_per_episode[e][t] for e, t in rows] + [RoutedSkill()] * num_pad

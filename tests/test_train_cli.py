@@ -154,3 +154,13 @@ def test_two_step_run_under_torchrun(tiny_model_dir, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
     assert (tmp_path / "run" / "analysis" / "analyses-rank1.jsonl").exists()
+
+
+def test_notebooks_are_valid_and_their_python_compiles():
+    for path in (ROOT / "notebooks").glob("*.ipynb"):
+        notebook = json.loads(path.read_text())
+        assert notebook["nbformat"] == 4
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                source = "".join(line for line in cell["source"] if not line.lstrip().startswith(("!", "%")))
+                compile(source, f"{path.name}", "exec")
