@@ -102,7 +102,9 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     state = PartialState()
     probe = environments.make(run.environment.name, **run.environment.kwargs)
     history = training_args.history_length if training_args.history_length is not None else probe.default_history_length
-    max_turns = training_args.max_turns or probe.default_max_turns
+    # Expert episodes are not bound by the RL turn budget: a plan longer than max_turns still
+    # teaches its first steps, and only won episodes are kept.
+    max_turns = max(training_args.max_turns or 0, probe.default_max_turns)
     probe.close()
     split = run.environment.train
     rows = environments.tasks(run.environment.name, split=split.split, num_tasks=run.sft.num_tasks,
