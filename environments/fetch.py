@@ -86,7 +86,6 @@ class FetchEnvironment(AgentEnvironment):
         self.admissible_actions = tuple(actions)
 
     def execute(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        self._steps += 1
         won = False
         if action == "go east" and "go east" in self.admissible_actions:
             self._room += 1
@@ -105,15 +104,13 @@ class FetchEnvironment(AgentEnvironment):
         else:
             observation = "Nothing happens."
         self._update_actions()
-        done = won or (self._max_steps is not None and self._steps >= self._max_steps)
-        return observation, 10.0 if won else 0.0, done, won, {"won": won}
+        return observation, 10.0 if won else 0.0, won, won, {"won": won}
 
-    def step(self, text: str):  # noqa: D102 - counts ill-formed answers towards max_steps too
+    def step(self, text: str):  # noqa: D102 - every answer, ill-formed or not, counts towards max_steps
         result = super().step(text)
-        if not result.action_valid:
-            self._steps += 1
-            if self._max_steps is not None and self._steps >= self._max_steps:
-                result.done = True
+        self._steps += 1
+        if self._max_steps is not None and self._steps >= self._max_steps:
+            result.done = True
         return result
 
     def render_prompt(self, view: PromptView, history_length: int) -> str:

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -192,36 +192,35 @@ class OPIDTrainer(GRPOTrainer):
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(tensor, reduction="sum").tolist()
 
-    def _logps(self, prompt_ids: list[list[int]], completion_ids: torch.Tensor,
-               completion_mask: torch.Tensor, model=None) -> torch.Tensor:
-        """Log-probs of the given completion tokens after each prompt (no grad, chunked)."""
+    def _pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id lists -> (ids, mask) padded on ``side``, on the training device."""
         device = self.accelerator.device
-        tensors = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
-        p_ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-        p_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left").to(device)
-        input_ids = torch.cat([p_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([p_mask, completion_mask], dim=1)
+        tensors = [torch.tensor(ids, dtype=torch.long) for ids in sequences]
+        ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side=side).to(device)
+        mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side=side).to(device)
+        return ids, mask
+
+    def _logps(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+               completion_mask: torch.Tensor, model=None) -> torch.Tensor:
+        """Log-probs of the given completion tokens after each (left-padded) prompt; no grad, in
+        chunks of `max_rows_per_forward` rows. ``model`` defaults to the policy."""
         with torch.no_grad():
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 model if model is not None else self.model,
-                input_ids,
-                attention_mask,
+                torch.cat([prompt_ids, completion_ids], dim=1),
+                torch.cat([prompt_mask, completion_mask], dim=1),
                 completion_ids.size(1),
                 batch_size=self.args.max_rows_per_forward,
             )
         return logps
 
-    def _reference_logps(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
-        """Reference-model log-probs (the KL term), with the same PEFT handling as GRPO."""
-        kwargs = {"batch_size": self.args.max_rows_per_forward}
-        with torch.no_grad():
-            if self.ref_model is not None:
-                return self._get_per_token_logps_and_entropies(
-                    self.ref_model, input_ids, attention_mask, logits_to_keep, **kwargs)[0]
-            unwrapped = self.accelerator.unwrap_model(self.model)
-            with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                return self._get_per_token_logps_and_entropies(
-                    self.model, input_ids, attention_mask, logits_to_keep, **kwargs)[0]
+    def _reference_logps(self, *batch: torch.Tensor) -> torch.Tensor:
+        """Reference-model log-probs (the KL term) of `_logps`'s batch, with GRPO's PEFT handling."""
+        if self.ref_model is not None:
+            return self._logps(*batch, model=self.ref_model)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+            return self._logps(*batch)
 
     # ------------------------------------------------------------------ TRL override points
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -400,7 +399,7 @@ class OPIDTrainer(GRPOTrainer):
             index = torch.tensor(rows, dtype=torch.long, device=completion_ids.device)
             real = torch.zeros(count, dtype=completion_mask.dtype, device=completion_mask.device)
             real[: len(selected)] = 1
-            skill_logps = self._logps(prompt_ids, completion_ids[index], completion_mask[index])
+            skill_logps = self._logps(*self._pad(prompt_ids, "left"), completion_ids[index], completion_mask[index])
             delta = skill_advantage(
                 skill_logps,
                 old_logps[index],
@@ -425,8 +424,7 @@ class OPIDTrainer(GRPOTrainer):
             failures, num_trajectories,
         ])
         local_max = values.abs().max() if values.numel() else torch.zeros((), dtype=torch.float64)
-        abs_max = self.accelerator.reduce(local_max.to(self.accelerator.device), reduction="max").item() \
-            if self.accelerator.num_processes > 1 else local_max.item()
+        abs_max = self.accelerator.reduce(local_max.to(self.accelerator.device), reduction="max").item()
         s, sq, n, n_step, n_ep, n_rows, n_fail, n_traj = totals
         mean = s / n if n else 0.0
         std = math.sqrt(max(sq / n - mean**2, 0.0)) if n else 0.0
@@ -478,10 +476,9 @@ class OPIDTrainer(GRPOTrainer):
         self._log(mode, "time/analysis", self._analysis_seconds)
         routed = [r[0] for r in self._finish_analysis(mode, trajectories, skills)]
         old_logps = output.get("old_per_token_logps")
-        prompt_ids = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"].cpu(), output["prompt_mask"].cpu())]
         start = time.perf_counter()
         if old_logps is None:
-            old_logps = self._logps(prompt_ids, completion_ids, completion_mask)
+            old_logps = self._logps(output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask)
 
         def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], Any]:
             # Same rendering as GRPO: the augmented text replaces the last message's content.
@@ -504,7 +501,7 @@ class OPIDTrainer(GRPOTrainer):
         args = self.args
         mode = "train" if self.model.training else "eval"
         device = self.accelerator.device
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        rank = self.accelerator.process_index
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         offset = rank * len(inputs)
         group_ids = [(offset + i) // num_generations for i in range(len(inputs))]
@@ -521,7 +518,8 @@ class OPIDTrainer(GRPOTrainer):
             if args.overlap_analysis and getattr(self.skill_extractor, "supports_overlap", True):
                 analysis = self._analysis_pool.submit(self._extract_skills, trajectories)
             else:
-                analysis = _Done(self._extract_skills(trajectories))
+                analysis = Future()
+                analysis.set_result(self._extract_skills(trajectories))
 
         # Outcome advantages over the groups, which may span processes.
         summaries = gather_object([(ep.group_id, ep.env_return, [not s.action_valid for s in ep.steps])
@@ -547,28 +545,21 @@ class OPIDTrainer(GRPOTrainer):
         completion_list += [filler_completion] * num_pad
         real = torch.tensor([1] * len(rows) + [0] * num_pad, dtype=torch.long)
 
-        prompt_tensors = [torch.tensor(ids, dtype=torch.long) for ids in prompt_list]
-        prompt_ids = pad(prompt_tensors, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
-        prompt_mask = pad([torch.ones_like(t) for t in prompt_tensors], padding_value=0, padding_side="left").to(device)
-        completion_tensors = [torch.tensor(ids, dtype=torch.long) for ids in completion_list]
-        completion_ids = pad(completion_tensors, padding_value=self._tokenizer.pad_token_id, padding_side="right").to(device)
-        completion_mask = pad([torch.ones_like(t) for t in completion_tensors], padding_value=0,
-                              padding_side="right").to(device)
+        prompt_ids, prompt_mask = self._pad(prompt_list, "left")
+        completion_ids, completion_mask = self._pad(completion_list, "right")
         completion_mask = completion_mask * real.to(device).unsqueeze(1)
         if self.mask_truncated_completions:
             eos = set(self.eos_token_ids)
             finished = torch.tensor([bool(ids) and ids[-1] in eos for ids in completion_list], device=device)
             completion_mask = completion_mask * finished.int().unsqueeze(1)
 
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits_to_keep = completion_ids.size(1)
+        batch = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         generate_every = args.steps_per_generation * self.num_iterations
         need_old = skills_active or args.gradient_accumulation_steps % generate_every != 0
         old_logps = None
         if need_old:
-            old_logps = self._logps(prompt_list, completion_ids, completion_mask)
-        ref_logps = self._reference_logps(input_ids, attention_mask, logits_to_keep) if self.beta != 0.0 else None
+            old_logps = self._logps(*batch)
+        ref_logps = self._reference_logps(*batch) if self.beta != 0.0 else None
 
         advantages = torch.tensor([step_advs[e][t] for e, t in rows] + [0.0] * num_pad,
                                   dtype=torch.float32, device=device)
@@ -651,12 +642,3 @@ class OPIDTrainer(GRPOTrainer):
             gather_object([episodes[e].env_return for e, _ in rows]))
         self._logs["advantages"].extend(gather_object([step_advs[e][t] for e, t in rows]))
 
-
-class _Done:
-    """A finished result with the `Future.result()` interface (analysis run inline)."""
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-
-    def result(self) -> Any:
-        return self._value
