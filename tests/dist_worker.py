@@ -106,6 +106,9 @@ def main() -> None:
         }
         with open(args.output, "w") as f:
             json.dump(result, f)
+    # Tear the process group down before the interpreter exits: left to process teardown, gloo's
+    # threads can abort the process ("terminate called without an active exception").
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
