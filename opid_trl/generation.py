@@ -2,8 +2,12 @@
 
 The rollout only needs two things from a backend: a *session* that wraps the whole episode loop
 (where a ZeRO-3 model gathers its parameters once, so that ranks playing different numbers of
-turns never wait on each other), and a batched ``generate`` call. vLLM (colocate or server)
-slots in here without touching the trainer.
+turns never wait on each other, and where a vLLM engine receives the new weights once per
+optimizer step), and a batched ``sample`` call: token ids in, token ids out, never re-tokenized
+text, so the loss and the skill re-scoring see exactly the sampled tokens. A backend that can
+also return the sampler's log-probs (vLLM) makes the old-policy forward pass unnecessary; one
+that can score given tokens (`ScoringBackend`) can re-score the skill prompts on the engine.
+The vLLM backends live in :mod:`opid_trl.vllm_backend`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 from trl.models import unwrap_model_for_generation
@@ -21,19 +26,60 @@ if TYPE_CHECKING:
     from .trainer import OPIDTrainer
 
 
+@dataclass
+class Sample:
+    """One sampled response: its token ids (ending at, and including, EOS if produced) and, when the
+    engine reports them, the sampler's log-prob of each of those tokens (after temperature)."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+
+
 class GenerationBackend(Protocol):
     """What the episode loop needs from a generation engine."""
+
+    #: Whether several threads may call `sample` at once (asynchronous episodes need it).
+    thread_safe: bool
 
     def session(self) -> contextlib.AbstractContextManager[None]:
         """Context held around one whole rollout (all turns of all episodes of a batch)."""
 
+    def sample(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Sample]:
+        """One sampled response per prompt. ``max_new_tokens`` overrides the per-turn budget."""
+
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
-        """One sampled response per prompt, as token ids ending at (and including) EOS if produced.
-
-        ``max_new_tokens`` overrides the per-turn budget (used by the self analyzer)."""
+        """The token ids of `sample` (used by the self analyzer)."""
 
 
-class TransformersGenerationBackend:
+@runtime_checkable
+class ScoringBackend(Protocol):
+    """A backend that can also score given tokens: per-token log-probs of ``completion_ids[i]``
+    after ``prompt_ids[i]``, with no sampling and no temperature."""
+
+    def score(self, prompt_ids: Sequence[Sequence[int]],
+              completion_ids: Sequence[Sequence[int]]) -> list[list[float]]: ...
+
+
+def sample_with(backend: GenerationBackend, prompt_ids: Sequence[Sequence[int]]) -> list[Sample]:
+    """`backend.sample`, or `generate` for a custom backend that only implements that."""
+    if hasattr(backend, "sample"):
+        return backend.sample(prompt_ids)
+    return [Sample(list(ids)) for ids in backend.generate(prompt_ids)]
+
+
+class SamplingBackend:
+    """Shared `generate` of the backends: the token ids of `sample`."""
+
+    thread_safe = False
+
+    def sample(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Sample]:
+        raise NotImplementedError
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+        return [s.token_ids for s in self.sample(prompt_ids, max_new_tokens)]
+
+
+class TransformersGenerationBackend(SamplingBackend):
     """`model.generate` on the training model: the CPU path and the default without vLLM.
 
     Parameters are gathered once per session under ZeRO-3 (``ds3_gather_for_generation``), and
@@ -65,7 +111,7 @@ class TransformersGenerationBackend:
             finally:
                 self._model = None
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+    def sample(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Sample]:
         if self._model is None:
             raise RuntimeError("TransformersGenerationBackend.generate called outside session()")
         trainer = self.trainer
@@ -73,8 +119,9 @@ class TransformersGenerationBackend:
         if not trainer.model.training and trainer.args.eval_temperature is not None:
             generation_config = copy.deepcopy(generation_config)
             generation_config.temperature = trainer.args.eval_temperature
-        return generate_batch(self._model, prompt_ids, trainer._tokenizer.pad_token_id, trainer.eos_token_ids,
-                              generation_config, trainer.accelerator.device, max_new_tokens)
+        ids = generate_batch(self._model, prompt_ids, trainer._tokenizer.pad_token_id, trainer.eos_token_ids,
+                             generation_config, trainer.accelerator.device, max_new_tokens)
+        return [Sample(row) for row in ids]
 
 
 def generate_batch(model, prompt_ids: Sequence[Sequence[int]], pad_token_id: int, eos_token_ids: Sequence[int],
@@ -98,7 +145,7 @@ def generate_batch(model, prompt_ids: Sequence[Sequence[int]], pad_token_id: int
     return result
 
 
-class ModelGenerationBackend:
+class ModelGenerationBackend(SamplingBackend):
     """`generate` on a plain model outside any trainer (evaluation, inference)."""
 
     def __init__(self, model, tokenizer, generation_config, eos_token_ids: Sequence[int] | None = None) -> None:
@@ -112,7 +159,8 @@ class ModelGenerationBackend:
         with torch.no_grad():
             yield
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
+    def sample(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Sample]:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_ids[0]
-        return generate_batch(self.model, prompt_ids, pad_id, self.eos_token_ids, self.generation_config,
-                              self.model.device, max_new_tokens)
+        ids = generate_batch(self.model, prompt_ids, pad_id, self.eos_token_ids, self.generation_config,
+                             self.model.device, max_new_tokens)
+        return [Sample(row) for row in ids]

@@ -1,9 +1,17 @@
-"""The batched episode loop: every turn, one generation call for all still-active episodes."""
+"""The episode loop: plays a batch of tasks to the end and records one training row per step.
+
+Two schedules give the same rows: turn-synchronous (every turn, one batched generation call for
+all still-active episodes; the batch waits for its slowest generation) and asynchronous (every
+episode advances on its own thread, sending its own requests; an engine that batches
+continuously, such as a vLLM server, keeps generating while other episodes step their
+environments).
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -11,7 +19,7 @@ from typing import Any
 
 from environments.base import AgentEnvironment, HistoryEntry, PromptView, StepResult
 
-from .generation import GenerationBackend
+from .generation import GenerationBackend, Sample, sample_with
 from .trajectory import StepRecord, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -32,6 +40,8 @@ class Episode:
     views: list[PromptView] = field(default_factory=list)
     prompt_ids: list[list[int]] = field(default_factory=list)
     completion_ids: list[list[int]] = field(default_factory=list)
+    #: The sampler's log-prob of every token of ``completion_ids`` (None where the engine gives none).
+    sampling_logps: list[list[float] | None] = field(default_factory=list)
     steps: list[StepRecord] = field(default_factory=list)
     done: bool = False
     won: bool = False
@@ -86,7 +96,7 @@ def fit_prompts(
 
 
 class EpisodeRunner:
-    """Plays a batch of tasks to the end with one batched generation call per turn."""
+    """Plays a batch of tasks to the end (turn-synchronous or asynchronous schedule)."""
 
     def __init__(
         self,
@@ -109,6 +119,8 @@ class EpisodeRunner:
         self._executor = ThreadPoolExecutor(step_workers) if step_workers > 0 else None
         self.prompt_overflows = 0
         self.env_errors = 0
+        # Asynchronous episodes share the tokenizer (not safe across threads) and the counters.
+        self._lock = threading.Lock()
 
     def _environments(self, count: int) -> list[AgentEnvironment]:
         while len(self._pool) < count:
@@ -130,88 +142,125 @@ class EpisodeRunner:
         group_ids: Sequence[int],
         trajectory_ids: Sequence[str],
         backend: GenerationBackend,
+        asynchronous: bool = False,
     ) -> list[Episode]:
-        """Play every task once; ``backend.session()`` must be held by the caller."""
+        """Play every task once; ``backend.session()`` must be held by the caller.
+
+        ``asynchronous`` plays each episode on its own thread (the backend must be `thread_safe`).
+        """
         self.prompt_overflows = 0
         self.env_errors = 0
         episodes = [
             Episode(env=env, task_row=task, group_id=g, trajectory_id=tid)
             for env, task, g, tid in zip(self._environments(len(tasks)), tasks, group_ids, trajectory_ids)
         ]
-
-        def reset(episode: Episode) -> None:
-            try:
-                episode.observation = episode.env.reset(episode.task_row)
-                episode.task_type = episode.env.task_type
-                episode.task = episode.env.task_description
-            except Exception as exc:  # an engine failure ends this episode, never the run
-                episode.done, episode.error = True, f"reset: {type(exc).__name__}: {exc}"
-                logger.warning("environment reset failed for %s: %s", episode.trajectory_id, episode.error)
-
-        self._map(reset, episodes)
-        for turn in range(self.max_turns):
-            active = [ep for ep in episodes if not ep.done]
-            if not active:
-                break
-            views = [
-                PromptView(
-                    task=ep.env.task_description,
-                    step=turn,
-                    observation=ep.observation,
-                    admissible_actions=tuple(ep.env.admissible_actions),
-                    history=tuple(ep.history),
-                )
-                for ep in active
-            ]
-            _, prompt_ids, overflow = fit_prompts(
-                [self.render(ep, view) for ep, view in zip(active, views)],
-                self.history_length,
-                self.max_prompt_length,
-                self.tokenize,
-            )
-            self.prompt_overflows += overflow
-            completion_ids = backend.generate(prompt_ids)
-            responses = self.decode(completion_ids)
-
-            def play(item: tuple[Episode, str]) -> StepResult | Exception:
-                episode, response = item
-                try:
-                    return episode.env.step(response)
-                except Exception as exc:  # recorded on the episode below
-                    return exc
-
-            results = self._map(play, list(zip(active, responses)))
-            for ep, view, p_ids, c_ids, response, result in zip(
-                active, views, prompt_ids, completion_ids, responses, results
-            ):
-                ep.views.append(view)
-                ep.prompt_ids.append(p_ids)
-                ep.completion_ids.append(c_ids)
-                if isinstance(result, Exception):
-                    ep.error = f"step {turn}: {type(result).__name__}: {result}"
-                    logger.warning("environment step failed for %s: %s", ep.trajectory_id, ep.error)
-                    ep.steps.append(StepRecord(index=turn, observation=ep.observation, response=response,
-                                               action=None, action_valid=True, reward=0.0))
-                    ep.done = True
-                    continue
-                if not math.isfinite(result.reward):
-                    ep.error = f"step {turn}: non-finite reward {result.reward!r} replaced by 0"
-                    logger.warning("environment returned a non-finite reward for %s", ep.trajectory_id)
-                    result.reward = 0.0
-                ep.steps.append(
-                    StepRecord(
-                        index=turn,
-                        observation=ep.observation,
-                        response=response,
-                        action=result.action,
-                        action_valid=result.action_valid,
-                        reward=result.reward,
-                        info=dict(result.info),
-                    )
-                )
-                ep.history.append(HistoryEntry(observation=ep.observation, action=result.action or response.strip()))
-                ep.observation = result.observation
-                ep.won = ep.won or result.won
-                ep.done = result.done
+        if asynchronous:
+            if not getattr(backend, "thread_safe", False):
+                raise ValueError("async_episodes: the generation backend cannot serve several threads at once "
+                                 "(use vllm_mode='server', or async_episodes=False)")
+            with ThreadPoolExecutor(max(len(episodes), 1), thread_name_prefix="opid-episode") as pool:
+                list(pool.map(lambda ep: self._play_alone(ep, backend), episodes))
+        else:
+            self._map(self._reset, episodes)
+            for turn in range(self.max_turns):
+                active = [ep for ep in episodes if not ep.done]
+                if not active:
+                    break
+                views = [self._view(ep, turn) for ep in active]
+                prompt_ids = self._fit(active, views)
+                samples = sample_with(backend, prompt_ids)
+                responses = self.decode([s.token_ids for s in samples])
+                results = self._map(_play, list(zip(active, responses)))
+                for item in zip(active, views, prompt_ids, samples, responses, results):
+                    self._record(*item)
         self.env_errors = sum(ep.error is not None for ep in episodes)
         return episodes
+
+    def _play_alone(self, episode: Episode, backend: GenerationBackend) -> None:
+        """One episode to the end, one request per turn (asynchronous schedule)."""
+        self._reset(episode)
+        for turn in range(self.max_turns):
+            if episode.done:
+                break
+            with self._lock:
+                view = self._view(episode, turn)
+                prompt_ids = self._fit([episode], [view])
+            sample = sample_with(backend, prompt_ids)[0]  # the slow part runs unlocked: the engine batches
+            with self._lock:
+                response = self.decode([sample.token_ids])[0]
+            result = _play((episode, response))
+            with self._lock:
+                self._record(episode, view, prompt_ids[0], sample, response, result)
+
+    def _reset(self, episode: Episode) -> None:
+        try:
+            episode.observation = episode.env.reset(episode.task_row)
+            episode.task_type = episode.env.task_type
+            episode.task = episode.env.task_description
+        except Exception as exc:  # an engine failure ends this episode, never the run
+            episode.done, episode.error = True, f"reset: {type(exc).__name__}: {exc}"
+            logger.warning("environment reset failed for %s: %s", episode.trajectory_id, episode.error)
+
+    @staticmethod
+    def _view(episode: Episode, turn: int) -> PromptView:
+        return PromptView(
+            task=episode.env.task_description,
+            step=turn,
+            observation=episode.observation,
+            admissible_actions=tuple(episode.env.admissible_actions),
+            history=tuple(episode.history),
+        )
+
+    def _fit(self, episodes: Sequence[Episode], views: Sequence[PromptView]) -> list[list[int]]:
+        _, prompt_ids, overflow = fit_prompts(
+            [self.render(ep, view) for ep, view in zip(episodes, views)],
+            self.history_length,
+            self.max_prompt_length,
+            self.tokenize,
+        )
+        self.prompt_overflows += overflow
+        return prompt_ids
+
+    def _record(self, ep: Episode, view: PromptView, prompt_ids: list[int], sample: Sample, response: str,
+                result: StepResult | Exception) -> None:
+        """Append one step (its row and its environment outcome) to ``ep``."""
+        turn = len(ep.steps)
+        ep.views.append(view)
+        ep.prompt_ids.append(prompt_ids)
+        ep.completion_ids.append(sample.token_ids)
+        ep.sampling_logps.append(sample.logprobs)
+        if isinstance(result, Exception):
+            ep.error = f"step {turn}: {type(result).__name__}: {result}"
+            logger.warning("environment step failed for %s: %s", ep.trajectory_id, ep.error)
+            ep.steps.append(StepRecord(index=turn, observation=ep.observation, response=response,
+                                       action=None, action_valid=True, reward=0.0))
+            ep.done = True
+            return
+        if not math.isfinite(result.reward):
+            ep.error = f"step {turn}: non-finite reward {result.reward!r} replaced by 0"
+            logger.warning("environment returned a non-finite reward for %s", ep.trajectory_id)
+            result.reward = 0.0
+        ep.steps.append(
+            StepRecord(
+                index=turn,
+                observation=ep.observation,
+                response=response,
+                action=result.action,
+                action_valid=result.action_valid,
+                reward=result.reward,
+                info=dict(result.info),
+            )
+        )
+        ep.history.append(HistoryEntry(observation=ep.observation, action=result.action or response.strip()))
+        ep.observation = result.observation
+        ep.won = ep.won or result.won
+        ep.done = result.done
+
+
+def _play(item: tuple[Episode, str]) -> StepResult | Exception:
+    """Step ``episode``'s environment with ``response``; an exception is returned, not raised."""
+    episode, response = item
+    try:
+        return episode.env.step(response)
+    except Exception as exc:  # recorded on the episode by EpisodeRunner._record
+        return exc

@@ -51,8 +51,9 @@ def build_tiny_tokenizer(vocab_size: int = 400):
     return fast
 
 
-def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 32, num_layers: int = 2):
-    """A randomly initialised 2-layer Llama sized to ``tokenizer``."""
+def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 32, num_layers: int = 2,
+                     tie_word_embeddings: bool = False):
+    """A randomly initialised 2-layer Llama sized to ``tokenizer`` (2 heads: head size hidden_size / 2)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -68,7 +69,7 @@ def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 32, num_layers
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_word_embeddings,
     )
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -76,11 +77,18 @@ def build_tiny_model(tokenizer, seed: int = 0, hidden_size: int = 32, num_layers
     return model
 
 
-def save_tiny_model(directory: str | Path, seed: int = 0) -> Path:
-    """Build the tiny tokenizer and model and save both to ``directory`` (returned)."""
+def save_tiny_model(directory: str | Path, seed: int = 0, **model_kwargs) -> Path:
+    """Build the tiny tokenizer and model (``model_kwargs``: see `build_tiny_model`) and save both to
+    ``directory`` (returned)."""
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, seed=seed)
+    model = build_tiny_model(tokenizer, seed=seed, **model_kwargs)
     tokenizer.save_pretrained(directory)
     model.save_pretrained(directory)
     return directory
+
+
+def save_tiny_vllm_model(directory: str | Path, seed: int = 0) -> Path:
+    """The tiny model at a shape vLLM's CPU attention accepts (head size 64), with a tied lm-head
+    (the case where a weight sync must refresh the lm-head too)."""
+    return save_tiny_model(directory, seed=seed, hidden_size=128, tie_word_embeddings=True)

@@ -14,10 +14,12 @@ The trainer overrides three narrow points of TRL's `GRPOTrainer`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -34,14 +36,18 @@ from .advantages import episode_step_advantages, skill_advantage
 from .analyzers import make_analyzer
 from .audit import AnalysisAuditLog
 from .config import OPIDConfig
-from .generation import GenerationBackend, TransformersGenerationBackend
+from .generation import GenerationBackend, ScoringBackend, TransformersGenerationBackend
+from .importance_sampling import vllm_importance_ratio
 from .rollout import Episode, EpisodeRunner, fit_prompts
 from .routing import RoutedSkill, inject, route_skills
+from .vllm_backend import make_vllm_backend, sampler_logprobs_are_plain
 from .trajectory import EpisodeSkills, SkillExtractorLike, StepRecord, Trajectory
 
 logger = logging.getLogger(__name__)
 
 EnvironmentSpec = str | Callable[[], AgentEnvironment] | None
+#: (skill prompt ids of some rows, their row indices, how many are real) -> (l_skill, l_old), each (rows, T).
+SkillScorer = Callable[[list[list[int]], list[int], int], tuple[torch.Tensor, torch.Tensor]]
 
 
 def environment_outcome(prompts: list, completions: list, **kwargs) -> list[float]:
@@ -60,6 +66,25 @@ def resolve_environment(spec: EnvironmentSpec, kwargs: Mapping[str, Any] | None 
     if callable(spec):
         return (lambda: spec(**kwargs)) if kwargs else spec
     raise TypeError(f"environment must be a registered name or a factory, got {type(spec).__name__}")
+
+
+@contextlib.contextmanager
+def _vllm_engine_setup(args: OPIDConfig) -> Iterator[None]:
+    """Around `GRPOTrainer.__init__`, which builds the vLLM engine (colocate) or client (server):
+    give a CPU engine what it needs (`opid_trl.vllm_cpu`). `OPIDConfig` has checked vLLM is there."""
+    if not args.use_vllm:
+        yield
+        return
+    if not (torch.cuda.is_available() and not args.use_cpu):
+        from .vllm_cpu import CPU_ENGINE_ENV, without_nccl_communicator
+
+        for key, value in CPU_ENGINE_ENV.items():
+            os.environ.setdefault(key, value)
+        if args.vllm_mode == "server":
+            with without_nccl_communicator():
+                yield
+            return
+    yield
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -123,21 +148,27 @@ class OPIDTrainer(GRPOTrainer):
         if skill_extractor is not None and not callable(skill_extractor):
             raise TypeError("skill_extractor must be callable (trajectories -> list of EpisodeSkills | None) "
                             "or the name of an analyzer ('rule_based', 'self', 'openai')")
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-            **kwargs,
-        )
+        with _vllm_engine_setup(args):
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                peft_config=peft_config,
+                **kwargs,
+            )
         self.skill_extractor = skill_extractor
-        self.generation_backend = generation_backend or TransformersGenerationBackend(self)
+        if generation_backend is None:
+            generation_backend = make_vllm_backend(self) if self.use_vllm else TransformersGenerationBackend(self)
+        self.generation_backend = generation_backend
+        if args.skill_logprob_backend == "vllm" and not isinstance(generation_backend, ScoringBackend):
+            raise ValueError("skill_logprob_backend: 'vllm' needs a generation backend that can score tokens "
+                             f"({type(generation_backend).__name__} cannot); use 'trainer'")
         if hasattr(skill_extractor, "bind_trainer"):
             skill_extractor.bind_trainer(self)
         self._audit = AnalysisAuditLog(args.output_dir, self.accelerator.process_index,
@@ -149,9 +180,6 @@ class OPIDTrainer(GRPOTrainer):
         self._analysis_seconds = 0.0
         self._runner: EpisodeRunner | None = None
         if self.environment_factory is not None:
-            if self.use_vllm and generation_backend is None:
-                raise ValueError("use_vllm: environment rollouts need a vLLM generation_backend; "
-                                 "pass one or set use_vllm=False")
             probe = self.environment_factory()
             self.max_turns = args.max_turns or probe.default_max_turns
             self.history_length = (
@@ -364,8 +392,7 @@ class OPIDTrainer(GRPOTrainer):
         self,
         routed: list[RoutedSkill],
         render: Callable[[int, str | None, str | None], Callable[[int], Any]],
-        old_logps: torch.Tensor,
-        completion_ids: torch.Tensor,
+        scorer: SkillScorer,
         completion_mask: torch.Tensor,
         history_length: int,
         mode: str,
@@ -376,6 +403,8 @@ class OPIDTrainer(GRPOTrainer):
         ``routed[i]`` is row i's routing (padding rows: empty). ``render(i, episode_skill, step_skill)``
         returns the skill-augmented renderer of row i (history window -> prompt); ``tokenize`` turns
         rendered prompts into ids (default: each text as one user message through the chat template).
+        ``scorer`` gives, for some rows, the log-probs of their sampled tokens under given prompts
+        and under their original prompts (`l_skill`, `l_old`).
 
         Each pass (episode skills, then step skills) re-scores only the rows routed to it, so
         critical-first routing costs one extra forward over the batch in all. Every process runs
@@ -383,7 +412,7 @@ class OPIDTrainer(GRPOTrainer):
         every rank runs the same number of forward passes.
         """
         args = self.args
-        total = torch.zeros_like(old_logps)
+        total = torch.zeros_like(completion_mask, dtype=torch.float32)
         for kind, coef in (("episode", args.skill_coef_episode), ("step", args.skill_coef_step)):
             skill_of = (lambda r: r.episode_skill) if kind == "episode" else (lambda r: r.step_skill)
             selected = [i for i, r in enumerate(routed)
@@ -396,13 +425,13 @@ class OPIDTrainer(GRPOTrainer):
                                 routed[i].step_skill if kind == "step" else None) for i in rows]
             _, prompt_ids, overflow = fit_prompts(renderers, history_length, args.max_prompt_length,
                                                   tokenize or self._tokenize_texts)
-            index = torch.tensor(rows, dtype=torch.long, device=completion_ids.device)
+            index = torch.tensor(rows, dtype=torch.long, device=completion_mask.device)
             real = torch.zeros(count, dtype=completion_mask.dtype, device=completion_mask.device)
             real[: len(selected)] = 1
-            skill_logps = self._logps(*self._pad(prompt_ids, "left"), completion_ids[index], completion_mask[index])
+            skill_logps, base_logps = scorer(prompt_ids, rows, len(selected))
             delta = skill_advantage(
                 skill_logps,
-                old_logps[index],
+                base_logps,
                 completion_mask[index] * real.unsqueeze(1),
                 clip=args.skill_adv_clip,
                 normalize=args.skill_adv_normalize,
@@ -412,6 +441,46 @@ class OPIDTrainer(GRPOTrainer):
             self._log(mode, f"skill/{kind}_prompt_overflow", self._global_sum([overflow])[0])
             self._log(mode, f"skill/{kind}_rows_scored", self._global_sum([len(selected)])[0])
         return total
+
+    def _trainer_scorer(self, old_logps: torch.Tensor, completion_ids: torch.Tensor,
+                        completion_mask: torch.Tensor) -> SkillScorer:
+        """`l_skill` from a no-grad forward of the training model, `l_old` from ``old_logps``."""
+
+        def score(prompt_ids: list[list[int]], rows: list[int], num_real: int) -> tuple[torch.Tensor, torch.Tensor]:
+            index = torch.tensor(rows, dtype=torch.long, device=completion_ids.device)
+            skill = self._logps(*self._pad(prompt_ids, "left"), completion_ids[index], completion_mask[index])
+            return skill, old_logps[index]
+
+        return score
+
+    def _engine_scorer(self, original_prompts: list[list[int]], completions: list[list[int]],
+                       sampling_logps: torch.Tensor | None, width: int) -> SkillScorer:
+        """`l_skill` and `l_old` from the rollout engine's prompt log-probs (`skill_logprob_backend="vllm"`).
+
+        The sampler's own log-probs stand for `l_old` when they are on the same (untempered) scale;
+        otherwise the original prompts are scored on the engine too. Padding rows are not sent."""
+        backend = self.generation_backend
+        plain = sampling_logps is not None and sampler_logprobs_are_plain(self)
+        device = self.accelerator.device
+
+        def to_tensor(values: list[list[float]], count: int) -> torch.Tensor:
+            out = torch.zeros(count, width, dtype=torch.float32, device=device)
+            for i, row in enumerate(values):
+                out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+            return out
+
+        def score(prompt_ids: list[list[int]], rows: list[int], num_real: int) -> tuple[torch.Tensor, torch.Tensor]:
+            real_rows = rows[:num_real]
+            sampled = [completions[i] for i in real_rows]
+            skill = to_tensor(backend.score(prompt_ids[:num_real], sampled), len(rows))
+            if plain:
+                base = sampling_logps[torch.tensor(rows, dtype=torch.long, device=sampling_logps.device)].clone()
+                base[num_real:] = 0.0
+            else:
+                base = to_tensor(backend.score([original_prompts[i] for i in real_rows], sampled), len(rows))
+            return skill, torch.nan_to_num(base, nan=0.0)
+
+        return score
 
     def _log_skill_stats(self, mode: str, skill_adv: torch.Tensor, mask: torch.Tensor,
                          routed: list[RoutedSkill], failures: int, num_trajectories: int) -> None:
@@ -475,11 +544,7 @@ class OPIDTrainer(GRPOTrainer):
         skills, failures = self._extract_skills(trajectories)
         self._log(mode, "time/analysis", self._analysis_seconds)
         routed = [r[0] for r in self._finish_analysis(mode, trajectories, skills)]
-        old_logps = output.get("old_per_token_logps")
         start = time.perf_counter()
-        if old_logps is None:
-            old_logps = self._logps(output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask)
-
         def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], Any]:
             # Same rendering as GRPO: the augmented text replaces the last message's content.
             text = inject(prompt_texts[i], episode_skill, step_skill, task=None, anchor=None)
@@ -490,7 +555,18 @@ class OPIDTrainer(GRPOTrainer):
         def tokenize(items: list[Any]) -> list[list[int]]:
             return [list(ids) for ids in self._tokenize_prompts(items)[0]]
 
-        skill_adv = self._skill_advantages(routed, render, old_logps, completion_ids, mask, 0, mode, tokenize)
+        if args.skill_logprob_backend == "vllm":
+            prompt_lists = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"].cpu(),
+                                                                      output["prompt_mask"].cpu())]
+            completion_lists = [ids[m.bool()].tolist() for ids, m in zip(completion_ids.cpu(), completion_mask.cpu())]
+            scorer = self._engine_scorer(prompt_lists, completion_lists, output.get("sampling_per_token_logps"),
+                                         completion_ids.size(1))
+        else:
+            old_logps = output.get("old_per_token_logps")
+            if old_logps is None:
+                old_logps = self._logps(output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask)
+            scorer = self._trainer_scorer(old_logps, completion_ids, completion_mask)
+        skill_adv = self._skill_advantages(routed, render, scorer, mask, 0, mode, tokenize)
         self._log(mode, "time/skill_scoring", time.perf_counter() - start)
         self._log_skill_stats(mode, skill_adv, mask, routed, failures, len(trajectories))
         output["advantages"] = output["advantages"].unsqueeze(1) + skill_adv
@@ -509,7 +585,8 @@ class OPIDTrainer(GRPOTrainer):
 
         start = time.perf_counter()
         with self.generation_backend.session():
-            episodes = self._runner.run(inputs, group_ids, trajectory_ids, self.generation_backend)
+            episodes = self._runner.run(inputs, group_ids, trajectory_ids, self.generation_backend,
+                                        asynchronous=args.async_episodes)
         rollout_time = time.perf_counter() - start
         skills_active = self._skills_active(mode)
         trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
@@ -554,11 +631,25 @@ class OPIDTrainer(GRPOTrainer):
             completion_mask = completion_mask * finished.int().unsqueeze(1)
 
         batch = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+        # Old-policy log-probs from the trainer are needed when the loss step is not the sampling
+        # step, for the sampler-vs-trainer importance correction, and for skill scoring on the
+        # trainer. Skill scoring on the engine uses the sampler's own log-probs instead.
+        sampling_logps = self._sampling_logps(episodes, rows, num_pad, completion_ids.size(1))
+        engine_scoring = skills_active and args.skill_logprob_backend == "vllm"
+        is_correction = self.use_vllm and self.vllm_importance_sampling_correction
         generate_every = args.steps_per_generation * self.num_iterations
-        need_old = skills_active or args.gradient_accumulation_steps % generate_every != 0
-        old_logps = None
-        if need_old:
-            old_logps = self._logps(*batch)
+        need_old = (args.gradient_accumulation_steps % generate_every != 0 or (is_correction and sampling_logps is not None)
+                    or (skills_active and not engine_scoring))
+        old_logps = self._logps(*batch) if need_old else None
+        is_ratio = None
+        if is_correction:
+            is_ratio = torch.ones_like(completion_mask, dtype=torch.float32)
+            if sampling_logps is not None:
+                is_ratio = vllm_importance_ratio(old_logps, sampling_logps, completion_mask,
+                                                 self.vllm_importance_sampling_mode,
+                                                 self.vllm_importance_sampling_clip_min,
+                                                 self.vllm_importance_sampling_clip_max)
+                self._log_sampler_gap(mode, old_logps, sampling_logps, completion_mask)
         ref_logps = self._reference_logps(*batch) if self.beta != 0.0 else None
 
         advantages = torch.tensor([step_advs[e][t] for e, t in rows] + [0.0] * num_pad,
@@ -585,8 +676,11 @@ class OPIDTrainer(GRPOTrainer):
                 return lambda k: inject(ep.env.render_prompt(view, k), episode_skill, step_skill,
                                         task=view.task, anchor=self.instruction_anchor)
 
-            skill_adv = self._skill_advantages(routed, render, old_logps, completion_ids, completion_mask,
-                                               self.history_length, mode)
+            if engine_scoring:
+                scorer = self._engine_scorer(prompt_list, completion_list, sampling_logps, completion_ids.size(1))
+            else:
+                scorer = self._trainer_scorer(old_logps, completion_ids, completion_mask)
+            skill_adv = self._skill_advantages(routed, render, scorer, completion_mask, self.history_length, mode)
             advantages = advantages + skill_adv
             self._log(mode, "time/skill_scoring", time.perf_counter() - scoring_start)
             self._log_skill_stats(mode, skill_adv, completion_mask, routed[: len(rows)] if rows else [],
@@ -605,9 +699,37 @@ class OPIDTrainer(GRPOTrainer):
         }
         if old_logps is not None:
             output["old_per_token_logps"] = old_logps
+        if is_ratio is not None:
+            output["importance_sampling_ratio"] = is_ratio
+        if sampling_logps is not None:  # TRL's off-policy mask reads it; padding positions are masked
+            output["sampling_per_token_logps"] = torch.nan_to_num(sampling_logps, nan=0.0)
         if ref_logps is not None:
             output["ref_per_token_logps"] = ref_logps
         return output
+
+    def _sampling_logps(self, episodes: list[Episode], rows: list[tuple[int, int]], num_pad: int,
+                        width: int) -> torch.Tensor | None:
+        """The sampler's log-probs of every row's tokens, (B, T), NaN where none; None without any.
+
+        Agreed across processes, so that every rank takes the same branch afterwards."""
+        local = [episodes[e].sampling_logps[t] for e, t in rows]
+        if not all(gather_object([all(lp is not None for lp in local)])):
+            return None
+        out = torch.full((len(rows) + num_pad, width), float("nan"), dtype=torch.float32)
+        for i, lp in enumerate(local):
+            out[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        return out.to(self.accelerator.device)
+
+    def _log_sampler_gap(self, mode: str, trainer_logps: torch.Tensor, sampler_logps: torch.Tensor,
+                         mask: torch.Tensor) -> None:
+        """How far the sampler's log-probs are from the trainer's (mean and max |diff| over tokens)."""
+        valid = mask.bool() & ~torch.isnan(sampler_logps)
+        gap = (trainer_logps - sampler_logps)[valid].abs().double()
+        s, n = self._global_sum([gap.sum().item(), gap.numel()])
+        local_max = gap.max() if gap.numel() else torch.zeros((), dtype=torch.float64)
+        self._log(mode, "sampling/logp_gap_mean", s / n if n else 0.0)
+        self._log(mode, "sampling/logp_gap_max",
+                  self.accelerator.reduce(local_max.to(self.accelerator.device), reduction="max").item())
 
     def _log_episode_stats(self, mode: str, episodes: list[Episode], num_rows: int, rollout_time: float) -> None:
         steps = [s for ep in episodes for s in ep.steps]

@@ -57,3 +57,26 @@ def test_skill_window():
 def test_grpo_validation_still_applies():
     with pytest.raises(ValueError):
         OPIDConfig(**BASE, num_generations=1)
+
+
+@pytest.mark.parametrize(
+    "settings,field",
+    [
+        (dict(skill_logprob_backend="engine"), "skill_logprob_backend"),
+        (dict(skill_logprob_backend="vllm"), "skill_logprob_backend"),  # needs use_vllm
+        (dict(async_episodes=True), "async_episodes"),  # needs a server
+        (dict(async_episodes=True, use_vllm=True, vllm_mode="colocate"), "async_episodes"),
+    ],
+)
+def test_vllm_options_are_checked(settings, field):
+    with pytest.raises(ValueError, match=f"OPIDConfig.{field}"):
+        OPIDConfig(**BASE, **settings)
+
+
+def test_use_vllm_without_vllm_names_the_field(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ValueError, match="OPIDConfig.use_vllm: vLLM is not installed"):
+        OPIDConfig(**BASE, use_vllm=True)

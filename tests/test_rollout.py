@@ -2,6 +2,8 @@
 
 import contextlib
 
+import pytest
+
 from environments import FetchEnvironment, make_fetch_task
 from environments.base import AgentEnvironment
 from opid_trl.rollout import EpisodeRunner, fit_prompts
@@ -100,3 +102,50 @@ def test_environment_exceptions_end_episodes_not_the_run():
     assert episodes[0].error.startswith("reset") and episodes[0].steps == []
     assert episodes[1].error.startswith("step 0") and len(episodes[1].steps) == 1
     assert runner.env_errors == 2
+
+
+class PromptReadingBackend:
+    """Answers from the prompt text alone (take the target when it is offered, else go east), with a
+    small delay per call, from any number of threads: the same answers whatever the schedule."""
+
+    thread_safe = True
+
+    def __init__(self):
+        self.calls = []
+
+    def session(self):
+        return contextlib.nullcontext()
+
+    def generate(self, prompt_ids):
+        import re
+        import time
+
+        time.sleep(0.01)
+        self.calls.append(len(prompt_ids))
+        out = []
+        for ids in prompt_ids:
+            text = "".join(ids)
+            current = text.rsplit("admissible actions", 1)[-1]
+            take = re.search(r"'(take [^']+)'", current)
+            out.append(list(f"<think>x</think><action>{take.group(1) if take else 'go east'}</action>"))
+        return out
+
+
+def test_asynchronous_episodes_give_the_same_rows():
+    tasks = [make_fetch_task(s) for s in range(6)]
+    groups, ids = [0, 0, 1, 1, 2, 2], [str(i) for i in range(6)]
+    sync_backend, async_backend = PromptReadingBackend(), PromptReadingBackend()
+    synchronous = make_runner(FetchEnvironment).run(tasks, groups, ids, sync_backend)
+    asynchronous = make_runner(FetchEnvironment).run(tasks, groups, ids, async_backend, asynchronous=True)
+    for a, b in zip(synchronous, asynchronous):
+        assert a.prompt_ids == b.prompt_ids and a.completion_ids == b.completion_ids
+        assert [s.reward for s in a.steps] == [s.reward for s in b.steps] and a.won == b.won
+    assert all(ep.won for ep in asynchronous)
+    # one request per episode per turn instead of one batched call per turn
+    assert set(async_backend.calls) == {1} and len(async_backend.calls) == sum(len(ep.steps) for ep in synchronous)
+    assert len(sync_backend.calls) == max(len(ep.steps) for ep in synchronous)
+
+
+def test_asynchronous_episodes_need_a_thread_safe_backend():
+    with pytest.raises(ValueError, match="async_episodes"):
+        make_runner().run([make_fetch_task(0)], [0], ["0"], ValidBackend(), asynchronous=True)

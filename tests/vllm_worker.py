@@ -1,0 +1,152 @@
+"""Worker for the real-engine tests: trains OPID steps with vLLM rollouts and measures the engine.
+
+Launched by tests/test_vllm.py in its own process (vLLM's in-process engine sets up
+torch.distributed, which must not leak into the test session): ``python vllm_worker.py colocate``
+or ``torchrun --nproc_per_node 2 vllm_worker.py server --server-url ...``. In server mode, rank 0
+plays tasks that end after one step and rank 1 tasks that last three, so the two processes send
+different numbers of requests and play different numbers of turns.
+
+After training, the worker checks the engine against the trainer on fresh rollout rows:
+
+- ``gap_before_sync``: sampler log-probs vs a trainer forward before the final weight sync (the
+  engine still holds the previous step's weights: must be visibly non-zero);
+- ``gap_after_sync``: the same after the sync (the engine samples with the trainer's weights);
+- ``skill_delta_gap``: the skill advantage ``l_skill - l_old`` scored on the engine vs on the
+  trainer, on the same rows and the same skill prompts, next to ``skill_delta_abs_max``, its size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from dist_worker import ShapedFetch, fixed_skills  # noqa: E402
+
+
+def tasks_for(mode: str) -> list[dict]:
+    if mode == "server":  # alternating short / long tasks; with no shuffling rank 0 gets short, rank 1 long
+        return [{"seed": i, "max_steps": 1 if i % 2 == 0 else 3} for i in range(8)]
+    return [{"seed": i, "max_steps": 3} for i in range(16)]
+
+
+def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
+    """Play fresh episodes on the engine and compare its log-probs with the trainer's on their rows."""
+    import torch
+
+    from opid_trl.routing import inject
+
+    backend = trainer.generation_backend
+    runner = trainer._runner
+    tasks = [{"seed": 100 + i, "max_steps": 3} for i in range(num_tasks)]
+
+    def gap(episodes) -> float:
+        rows = [(ep, t) for ep in episodes for t in range(len(ep.steps))]
+        prompts = [ep.prompt_ids[t] for ep, t in rows]
+        completions = [ep.completion_ids[t] for ep, t in rows]
+        trainer_logps = trainer._logps(*trainer._pad(prompts, "left"), *trainer._pad(completions, "right"))
+        worst = 0.0
+        for i, (ep, t) in enumerate(rows):
+            sampled = torch.tensor(ep.sampling_logps[t])
+            worst = max(worst, (trainer_logps[i, : len(sampled)].cpu() - sampled).abs().max().item())
+        return worst
+
+    trainer.model.eval()
+    # Outside a session nothing is synced: the engine still holds the weights of the last rollout.
+    before = runner.run(tasks, [0] * num_tasks, [f"b{i}" for i in range(num_tasks)], backend)
+    with backend.session():  # global_step moved since the last rollout: this syncs
+        after = runner.run(tasks, [0] * num_tasks, [f"a{i}" for i in range(num_tasks)], backend)
+        rows = [(ep, t) for ep in after for t in range(len(ep.steps))]
+        prompts = [ep.prompt_ids[t] for ep, t in rows]
+        completions = [ep.completion_ids[t] for ep, t in rows]
+        skill = "Walk east until the target is here, then take it."
+        skill_prompts = trainer._tokenize_texts([
+            inject(ep.env.render_prompt(ep.views[t], trainer.history_length), skill, None,
+                   task=ep.views[t].task, anchor=trainer.instruction_anchor) for ep, t in rows])
+        engine_skill = backend.score(skill_prompts, completions)
+        engine_old = backend.score(prompts, completions)
+    completion_ids, completion_mask = trainer._pad(completions, "right")
+    trainer_skill = trainer._logps(*trainer._pad(skill_prompts, "left"), completion_ids, completion_mask)
+    trainer_old = trainer._logps(*trainer._pad(prompts, "left"), completion_ids, completion_mask)
+    delta_gap, delta_max, score_gap = 0.0, 0.0, 0.0
+    for i, completion in enumerate(completions):
+        n = len(completion)
+        engine_delta = torch.tensor(engine_skill[i]) - torch.tensor(engine_old[i])
+        trainer_delta = (trainer_skill[i, :n] - trainer_old[i, :n]).cpu()
+        delta_gap = max(delta_gap, (engine_delta - trainer_delta).abs().max().item())
+        delta_max = max(delta_max, trainer_delta.abs().max().item())
+        score_gap = max(score_gap, (torch.tensor(engine_old[i]) - trainer_old[i, :n].cpu()).abs().max().item())
+    return {
+        "gap_before_sync": gap(before),
+        "gap_after_sync": gap(after),
+        "score_gap_after_sync": score_gap,
+        "skill_delta_gap": delta_gap,
+        "skill_delta_abs_max": delta_max,
+        "rows_compared": len(rows),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["colocate", "server"])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--server-url", default=None)
+    parser.add_argument("--skill-backend", choices=["trainer", "vllm"], default="vllm")
+    parser.add_argument("--async-episodes", action="store_true")
+    args = parser.parse_args()
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from conftest import tiny_config
+
+    from opid_trl import OPIDTrainer
+
+    config = tiny_config(
+        Path(args.output).parent / f"run-{args.mode}",
+        per_device_train_batch_size=4 if args.mode == "colocate" else 2,
+        max_completion_length=12,
+        max_turns=4,
+        learning_rate=3e-3,
+        beta=0.0,
+        shuffle_dataset=False,
+        use_vllm=True,
+        vllm_mode=args.mode,
+        vllm_server_base_url=args.server_url,
+        vllm_server_timeout=120,
+        skill_logprob_backend=args.skill_backend,
+        async_episodes=args.async_episodes,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    trainer = OPIDTrainer(model=args.model, args=config, train_dataset=Dataset.from_list(tasks_for(args.mode)),
+                          processing_class=tokenizer, environment=ShapedFetch, skill_extractor=fixed_skills)
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    checks = engine_vs_trainer(trainer)
+    result = {
+        "world_size": trainer.accelerator.num_processes,
+        "losses": [h["loss"] for h in history],
+        "finite": all(math.isfinite(h["loss"]) for h in history),
+        "rows": [h["env/rows"] for h in history],
+        "episode_length": [h["env/episode_length"] for h in history],
+        "skill_abs_max": [h.get("skill/adv_abs_max", 0.0) for h in history],
+        "sampling_gap_max": [h.get("sampling/logp_gap_max") for h in history],
+        "weight_syncs": trainer.generation_backend.weight_syncs,
+        "backend": type(trainer.generation_backend).__name__,
+        **checks,
+    }
+    rank = trainer.accelerator.process_index
+    with open(args.output if rank == 0 else f"{args.output}.rank{rank}", "w") as f:
+        json.dump(result, f)
+    trainer.accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
