@@ -5,9 +5,11 @@ on the trainer or on the engine. Same model, same tasks, one run.
 Each case runs in its own process (a colocated engine sets up torch.distributed for its process);
 the server cases share one CPU vLLM server started by this script. Rollout cases play
 ``--episodes`` fetch episodes of up to ``--turns`` turns and ``--tokens`` tokens per turn, once to
-warm up and ``--repeats`` times measured; step cases train ``--steps`` OPID/GRPO steps and drop
-the first (engine warm-up). Medians everywhere; ratios are against the transformers rollout and
-the GRPO step measured in the same run. The last line printed is the JSON summary, also written
+warm up and ``--repeats`` times measured; step cases train ``--steps`` OPID/GRPO steps of
+``--step-episodes`` episodes on the colocated engine and drop the first (engine warm-up).
+``--parts`` runs the rollout or the step part alone (each part's ratios are within that part).
+Medians everywhere; ratios are against the transformers rollout and the GRPO step measured in the
+same run. The last line printed is the JSON summary, also written
 to ``--output``.
 
     OMP_NUM_THREADS=1 python benchmarks/vllm_rollouts.py                       # embedded SmolLM2-135M
@@ -43,7 +45,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_trainer(args: argparse.Namespace, case: str, output_dir: str):
+def build_trainer(args: argparse.Namespace, case: str, output_dir: str, episodes: int):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -53,7 +55,7 @@ def build_trainer(args: argparse.Namespace, case: str, output_dir: str):
     skills = case.startswith("opid")
     config = OPIDConfig(
         output_dir=output_dir,
-        per_device_train_batch_size=args.episodes,
+        per_device_train_batch_size=episodes,
         num_generations=4,
         max_steps=args.steps,
         max_completion_length=args.tokens,
@@ -78,7 +80,7 @@ def build_trainer(args: argparse.Namespace, case: str, output_dir: str):
         skill_logprob_backend="vllm" if case == "opid_vllm_scoring" else "trainer",
         log_analyses=False,
     )
-    tasks = Dataset.from_list([{"seed": i} for i in range(max(args.episodes * (args.steps + 1), 64))])
+    tasks = Dataset.from_list([{"seed": i} for i in range(max(episodes * (args.steps + 1), 64))])
     return OPIDTrainer(model=args.model_dir, args=config, train_dataset=tasks,
                        processing_class=AutoTokenizer.from_pretrained(args.model_dir), environment="fetch",
                        skill_extractor="rule_based" if skills else None)
@@ -86,7 +88,7 @@ def build_trainer(args: argparse.Namespace, case: str, output_dir: str):
 
 def run_rollout_case(args: argparse.Namespace, case: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(args, case, tmp)
+        trainer = build_trainer(args, case, tmp, args.episodes)
         backend, runner = trainer.generation_backend, trainer._runner
         trainer.model.eval()
         times, steps, tokens = [], [], []
@@ -115,7 +117,7 @@ def run_rollout_case(args: argparse.Namespace, case: str) -> dict:
 
 def run_step_case(args: argparse.Namespace, case: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = build_trainer(args, case, tmp)
+        trainer = build_trainer(args, case, tmp, args.step_episodes)
         trainer.train()
         history = [h for h in trainer.state.log_history if "loss" in h][1:]  # the first step warms the engine up
         trainer.accelerator.end_training()
@@ -131,9 +133,9 @@ def run_step_case(args: argparse.Namespace, case: str) -> dict:
 
 
 def run_case_process(args: argparse.Namespace, case: str) -> dict:
-    command = [sys.executable, __file__, "--case", case, "--model-dir", args.model_dir, "--episodes",
-               str(args.episodes), "--turns", str(args.turns), "--tokens", str(args.tokens), "--repeats",
-               str(args.repeats), "--steps", str(args.steps)]
+    command = [sys.executable, __file__, "--case", case, "--model-dir", args.model_dir]
+    for name in ("episodes", "step_episodes", "turns", "tokens", "repeats", "steps"):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.server_url:
         command += ["--server-url", args.server_url]
     from opid_trl.vllm_cpu import engine_environment
@@ -161,7 +163,10 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="training steps per step case (the first is dropped)")
+    parser.add_argument("--step-episodes", type=int, default=4, help="episodes per training step in the step cases")
+    parser.add_argument("--parts", nargs="+", choices=["rollout", "step"], default=["rollout", "step"],
+                        help="run only some parts; a part run alone replaces that part in an existing --output")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vllm_rollouts.json"))
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
@@ -175,38 +180,57 @@ def main() -> None:
 
     from opid_trl.vllm_cpu import running_server
 
+    output = Path(args.output)
+    summary = json.loads(output.read_text()) if output.exists() and len(args.parts) < 2 else {}
+    summary.update({
+        "model": args.model,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
+        # the colocated engine is TRL's (vLLM's default dtype: a float32 checkpoint runs in bfloat16);
+        # the server runs float32, as `opid_trl.vllm_cpu.server_command` starts it by default
+        "engine_dtype": {"colocate": "auto (bfloat16 for a float32 checkpoint)", "server": "float32"},
+    })
+    summary.setdefault("results", {})
+    summary.setdefault("ratios", {})
     with tempfile.TemporaryDirectory() as tmp:
         args.model_dir = resolve_model(args.model, tmp) if not os.path.isdir(args.model) else args.model
-        results: dict[str, dict] = {"rollout": {}, "step": {}}
-        with running_server(args.model_dir, free_port(), os.path.join(tmp, "server.log"),
-                            extra_args=("--max-num-seqs", str(args.episodes * 2))) as url:
-            args.server_url = url
-            for case in ROLLOUT_CASES:
-                results["rollout"][case] = run_case_process(args, case)
-                print(case, results["rollout"][case], flush=True)
-        args.server_url = None
-        for case in STEP_CASES:
-            results["step"][case] = run_case_process(args, case)
-            print(case, results["step"][case], flush=True)
-
-    rollout, step = results["rollout"], results["step"]
-    base = rollout["transformers"]["env_steps_per_s"]
-    summary = {
-        "model": args.model,
-        "setting": {k: getattr(args, k) for k in ("episodes", "turns", "tokens", "repeats", "steps")},
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
-        "results": results,
-        "ratios": {
-            **{f"rollout_speedup_{case}_vs_transformers": rollout[case]["env_steps_per_s"] / base
-               for case in ROLLOUT_CASES[1:]},
-            "async_vs_sync_server": rollout["server_async"]["env_steps_per_s"] / rollout["server"]["env_steps_per_s"],
-            "opid_trainer_scoring_vs_grpo_step": step["opid_trainer_scoring"]["step_s"] / step["grpo"]["step_s"],
-            "opid_vllm_scoring_vs_grpo_step": step["opid_vllm_scoring"]["step_s"] / step["grpo"]["step_s"],
-        },
-    }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(summary, indent=2) + "\n")
+        if "rollout" in args.parts:
+            rollout = {}
+            with running_server(args.model_dir, free_port(), os.path.join(tmp, "server.log"),
+                                extra_args=("--max-num-seqs", str(args.episodes * 2))) as url:
+                args.server_url = url
+                for case in ROLLOUT_CASES:
+                    rollout[case] = run_case_process(args, case)
+                    print(case, rollout[case], flush=True)
+            args.server_url = None
+            base = rollout["transformers"]["env_steps_per_s"]
+            summary["results"]["rollout"] = rollout
+            summary["rollout_setting"] = {k: getattr(args, k) for k in ("episodes", "turns", "tokens", "repeats")}
+            summary["ratios"].update({
+                **{f"rollout_speedup_{case}_vs_transformers": rollout[case]["env_steps_per_s"] / base
+                   for case in ROLLOUT_CASES[1:]},
+                "async_vs_sync_server": (rollout["server_async"]["env_steps_per_s"]
+                                         / rollout["server"]["env_steps_per_s"]),
+            })
+            write(output, summary)
+        if "step" in args.parts:
+            step = {}
+            for case in STEP_CASES:
+                step[case] = run_case_process(args, case)
+                print(case, step[case], flush=True)
+            summary["results"]["step"] = step
+            summary["step_setting"] = {"episodes": args.step_episodes, "turns": args.turns, "tokens": args.tokens,
+                                       "steps": args.steps, "engine": "colocate"}
+            summary["ratios"].update({
+                "opid_trainer_scoring_vs_grpo_step": step["opid_trainer_scoring"]["step_s"] / step["grpo"]["step_s"],
+                "opid_vllm_scoring_vs_grpo_step": step["opid_vllm_scoring"]["step_s"] / step["grpo"]["step_s"],
+            })
+            write(output, summary)
     print(json.dumps(summary))
+
+
+def write(path: Path, summary: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

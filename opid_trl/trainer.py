@@ -10,6 +10,10 @@ The trainer overrides three narrow points of TRL's `GRPOTrainer`:
   chunk by chunk with the exact gradient of GRPO's loss, so memory stays bounded whatever the
   number of steps the episodes produced.
 - `_calculate_rewards`: records the single-turn rewards so the skill extractor can see them.
+
+Rollouts go through a `GenerationBackend`: transformers `generate`, or with `use_vllm` the vLLM
+engine TRL builds (`opid_trl.vllm_backend`), whose sampler log-probs feed TRL's importance
+correction and, with `skill_logprob_backend="vllm"`, the skill advantage.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from .generation import GenerationBackend, ScoringBackend, TransformersGeneratio
 from .importance_sampling import vllm_importance_ratio
 from .rollout import Episode, EpisodeRunner, fit_prompts
 from .routing import RoutedSkill, inject, route_skills
-from .vllm_backend import make_vllm_backend, sampler_logprobs_are_plain
 from .trajectory import EpisodeSkills, SkillExtractorLike, StepRecord, Trajectory
+from .vllm_backend import make_vllm_backend, sampler_logprobs_are_plain
 
 logger = logging.getLogger(__name__)
 
@@ -354,13 +358,18 @@ class OPIDTrainer(GRPOTrainer):
 
     # ------------------------------------------------------------------ skills
     def _extract_skills(self, trajectories: list[Trajectory]) -> tuple[list[EpisodeSkills | None], int]:
-        """Run the extractor; a crash or a malformed answer costs the skill signal, never the run."""
+        """Run the extractor; a crash or a malformed answer costs the skill signal, never the run.
+
+        Its wall time is kept in `_analysis_seconds` (logged as `time/analysis`)."""
+        start = time.perf_counter()
         try:
             result = list(self.skill_extractor(trajectories))
         except Exception as exc:  # noqa: BLE001 - analyzer outages must not stop training
             logger.warning("skill extractor failed on %d trajectories (%s: %s); they get no skill signal",
                            len(trajectories), type(exc).__name__, exc)
             return [None] * len(trajectories), len(trajectories)
+        finally:
+            self._analysis_seconds = time.perf_counter() - start
         if len(result) != len(trajectories):
             logger.warning("skill extractor returned %d results for %d trajectories; ignoring them",
                            len(result), len(trajectories))
@@ -472,12 +481,13 @@ class OPIDTrainer(GRPOTrainer):
         def score(prompt_ids: list[list[int]], rows: list[int], num_real: int) -> tuple[torch.Tensor, torch.Tensor]:
             real_rows = rows[:num_real]
             sampled = [completions[i] for i in real_rows]
-            skill = to_tensor(backend.score(prompt_ids[:num_real], sampled), len(rows))
+            with backend.session():  # awake (sleep mode); the weights are those of the rollout
+                skill = to_tensor(backend.score(prompt_ids[:num_real], sampled), len(rows))
+                if not plain:
+                    base = to_tensor(backend.score([original_prompts[i] for i in real_rows], sampled), len(rows))
             if plain:
                 base = sampling_logps[torch.tensor(rows, dtype=torch.long, device=sampling_logps.device)].clone()
                 base[num_real:] = 0.0
-            else:
-                base = to_tensor(backend.score([original_prompts[i] for i in real_rows], sampled), len(rows))
             return skill, torch.nan_to_num(base, nan=0.0)
 
         return score
@@ -638,7 +648,8 @@ class OPIDTrainer(GRPOTrainer):
         engine_scoring = skills_active and args.skill_logprob_backend == "vllm"
         is_correction = self.use_vllm and self.vllm_importance_sampling_correction
         generate_every = args.steps_per_generation * self.num_iterations
-        need_old = (args.gradient_accumulation_steps % generate_every != 0 or (is_correction and sampling_logps is not None)
+        need_old = (args.gradient_accumulation_steps % generate_every != 0
+                    or (is_correction and sampling_logps is not None)
                     or (skills_active and not engine_scoring))
         old_logps = self._logps(*batch) if need_old else None
         is_ratio = None

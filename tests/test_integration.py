@@ -45,7 +45,7 @@ def test_opid_trains_on_the_environment(tiny_model_dir, tiny_tokenizer, tmp_path
         assert h["skill/routed_episode_frac"] == pytest.approx(2 / 3)
         assert h["env/rows"] == 24  # 8 episodes x 3 turns, not one row per episode
         assert 0 <= h["env/invalid_action_rate"] <= 1
-        assert h["time/rollout"] > 0 and h["time/skill_scoring"] > 0
+        assert h["time/rollout"] > 0 and h["time/skill_scoring"] > 0 and h["time/analysis"] > 0
     first = extractor.trajectories[0]
     assert first.task.startswith("take the") and len(first.steps) == 3
     assert first.steps[0].discounted_return == pytest.approx(

