@@ -171,6 +171,9 @@ class VLLMServerBackend(_VLLMBackend):
 
     def _push_weights(self) -> None:
         trainer = self.trainer
+        # Every process must be done with its requests first: the server cannot drop the KV cache of
+        # the old weights while requests of a slower process still hold it.
+        trainer.accelerator.wait_for_everyone()
         if not self.file_weight_sync:
             self.vllm_generation.sync_weights()  # NCCL from the main process; every process takes part
             trainer.accelerator.wait_for_everyone()

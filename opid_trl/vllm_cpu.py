@@ -121,9 +121,17 @@ def push_weights_to_server(session: Any, base_url: str, weights: Iterable[tuple[
                 f"vllm_server_base_url: the server at {base_url} could not load the weights "
                 f"({response.status_code}: {response.text[:300]}). A CPU server must run with VLLM_SERVER_DEV_MODE=1 "
                 "and --worker-extension-cls opid_trl.vllm_cpu.FileWeightLoader")
-    reset = session.post(f"{base_url}/reset_prefix_cache", timeout=timeout)
-    if reset.status_code != 200:
-        raise RuntimeError(f"reset_prefix_cache failed on {base_url}: {reset.status_code}: {reset.text[:300]}")
+    # KV blocks cached under the old weights must go. vLLM refuses the reset (success=false) while
+    # requests still hold blocks: wait for them, and fail loudly rather than sample from stale KV.
+    for _ in range(60):
+        reset = session.post(f"{base_url}/reset_prefix_cache", timeout=timeout)
+        if reset.status_code != 200:
+            raise RuntimeError(f"reset_prefix_cache failed on {base_url}: {reset.status_code}: {reset.text[:300]}")
+        if reset.json().get("success", True):
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"the prefix cache of {base_url} could not be reset after a weight sync: requests kept "
+                       "running on the server (is another client using it?)")
 
 
 @contextlib.contextmanager

@@ -12,12 +12,12 @@ After training, the worker checks the engine against the trainer on fresh rollou
   engine still holds the previous step's weights: must be visibly non-zero);
 - ``gap_after_sync``: the same after the sync (the engine samples with the trainer's weights);
 - ``skill_delta_gap``: the skill advantage ``l_skill - l_old`` scored on the engine vs on the
-  trainer, on the same rows and the same skill prompts, next to ``skill_delta_abs_max``, its size
-  (both untempered: the engine scores prompts without temperature).
+  trainer, on the same rows and the same skill prompts, next to ``skill_delta_abs_max``, its size.
 
 With ``--temperature`` other than 1, the sampler's log-probs are compared with the trainer's at
-that temperature (vLLM's ``processed_logprobs``), and the engine's skill scoring re-scores the
-original prompts too.
+that temperature (vLLM's ``processed_logprobs``); the engine scores prompts without temperature
+while the trainer's forward divides by it, so ``skill_delta_gap`` then measures the approximation
+of engine scoring at that temperature.
 """
 
 from __future__ import annotations
@@ -76,12 +76,9 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
                    task=ep.views[t].task, anchor=trainer.instruction_anchor) for ep, t in rows])
         engine_skill = backend.score(skill_prompts, completions)
         engine_old = backend.score(prompts, completions)
-    # Prompt scoring on the engine has no temperature: compare with the untempered trainer policy.
-    sampling_temperature, trainer.temperature = trainer.temperature, 1.0
     completion_ids, completion_mask = trainer._pad(completions, "right")
     trainer_skill = trainer._logps(*trainer._pad(skill_prompts, "left"), completion_ids, completion_mask)
     trainer_old = trainer._logps(*trainer._pad(prompts, "left"), completion_ids, completion_mask)
-    trainer.temperature = sampling_temperature
     delta_gap, delta_max, score_gap = 0.0, 0.0, 0.0
     for i, completion in enumerate(completions):
         n = len(completion)
