@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,12 +36,6 @@ sys.path.insert(0, str(ROOT))
 
 ROLLOUT_CASES = ("transformers", "colocate", "server", "server_async")
 STEP_CASES = ("grpo", "opid_trainer_scoring", "opid_vllm_scoring")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_trainer(args: argparse.Namespace, case: str, output_dir: str, episodes: int):
@@ -178,6 +171,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    from opid_trl.testing import free_port
     from opid_trl.vllm_cpu import running_server
 
     output = Path(args.output)

@@ -6,6 +6,7 @@ sequences stay short and a forward pass costs milliseconds on a CPU.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -92,3 +93,10 @@ def save_tiny_vllm_model(directory: str | Path, seed: int = 0) -> Path:
     """The tiny model at a shape vLLM's CPU attention accepts (head size 64), with a tied lm-head
     (the case where a weight sync must refresh the lm-head too)."""
     return save_tiny_model(directory, seed=seed, hidden_size=128, tie_word_embeddings=True)
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for test servers and torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

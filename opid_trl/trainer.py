@@ -80,10 +80,9 @@ def _vllm_engine_setup(args: OPIDConfig) -> Iterator[None]:
         yield
         return
     if not (torch.cuda.is_available() and not args.use_cpu):
-        from .vllm_cpu import CPU_ENGINE_ENV, without_nccl_communicator
+        from .vllm_cpu import engine_environment, without_nccl_communicator
 
-        for key, value in CPU_ENGINE_ENV.items():
-            os.environ.setdefault(key, value)
+        os.environ.update(engine_environment())
         if args.vllm_mode == "server":
             with without_nccl_communicator():
                 yield
@@ -223,6 +222,18 @@ class OPIDTrainer(GRPOTrainer):
     def _global_sum(self, values: Sequence[float]) -> list[float]:
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self.accelerator.device)
         return self.accelerator.reduce(tensor, reduction="sum").tolist()
+
+    def _global_max(self, values: torch.Tensor) -> float:
+        """Largest element of ``values`` over all processes (0 when every process has none)."""
+        local = values.max().double() if values.numel() else torch.zeros((), dtype=torch.float64)
+        return self.accelerator.reduce(local.to(self.accelerator.device), reduction="max").item()
+
+    def _float_rows(self, rows: Sequence[Sequence[float]], count: int, width: int, fill: float) -> torch.Tensor:
+        """Per-token values of ``rows`` as a (count, width) tensor on the training device, ``fill`` elsewhere."""
+        out = torch.full((count, width), fill, dtype=torch.float32)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+        return out.to(self.accelerator.device)
 
     def _pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Token id lists -> (ids, mask) padded on ``side``, on the training device."""
@@ -470,13 +481,9 @@ class OPIDTrainer(GRPOTrainer):
         otherwise the original prompts are scored on the engine too. Padding rows are not sent."""
         backend = self.generation_backend
         plain = sampling_logps is not None and sampler_logprobs_are_plain(self)
-        device = self.accelerator.device
 
         def to_tensor(values: list[list[float]], count: int) -> torch.Tensor:
-            out = torch.zeros(count, width, dtype=torch.float32, device=device)
-            for i, row in enumerate(values):
-                out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
-            return out
+            return self._float_rows(values, count, width, fill=0.0)
 
         def score(prompt_ids: list[list[int]], rows: list[int], num_real: int) -> tuple[torch.Tensor, torch.Tensor]:
             real_rows = rows[:num_real]
@@ -502,8 +509,7 @@ class OPIDTrainer(GRPOTrainer):
             sum(k in ("step", "both") for k in kinds), sum(k in ("episode", "both") for k in kinds), len(kinds),
             failures, num_trajectories,
         ])
-        local_max = values.abs().max() if values.numel() else torch.zeros((), dtype=torch.float64)
-        abs_max = self.accelerator.reduce(local_max.to(self.accelerator.device), reduction="max").item()
+        abs_max = self._global_max(values.abs())
         s, sq, n, n_step, n_ep, n_rows, n_fail, n_traj = totals
         mean = s / n if n else 0.0
         std = math.sqrt(max(sq / n - mean**2, 0.0)) if n else 0.0
@@ -726,10 +732,7 @@ class OPIDTrainer(GRPOTrainer):
         local = [episodes[e].sampling_logps[t] for e, t in rows]
         if not all(gather_object([all(lp is not None for lp in local)])):
             return None
-        out = torch.full((len(rows) + num_pad, width), float("nan"), dtype=torch.float32)
-        for i, lp in enumerate(local):
-            out[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
-        return out.to(self.accelerator.device)
+        return self._float_rows(local, len(rows) + num_pad, width, fill=float("nan"))
 
     def _log_sampler_gap(self, mode: str, trainer_logps: torch.Tensor, sampler_logps: torch.Tensor,
                          mask: torch.Tensor) -> None:
@@ -737,10 +740,8 @@ class OPIDTrainer(GRPOTrainer):
         valid = mask.bool() & ~torch.isnan(sampler_logps)
         gap = (trainer_logps - sampler_logps)[valid].abs().double()
         s, n = self._global_sum([gap.sum().item(), gap.numel()])
-        local_max = gap.max() if gap.numel() else torch.zeros((), dtype=torch.float64)
         self._log(mode, "sampling/logp_gap_mean", s / n if n else 0.0)
-        self._log(mode, "sampling/logp_gap_max",
-                  self.accelerator.reduce(local_max.to(self.accelerator.device), reduction="max").item())
+        self._log(mode, "sampling/logp_gap_max", self._global_max(gap))
 
     def _log_episode_stats(self, mode: str, episodes: list[Episode], num_rows: int, rollout_time: float) -> None:
         steps = [s for ep in episodes for s in ep.steps]

@@ -3,21 +3,16 @@ episodes of different lengths (rank 0: one step, rank 1: three steps)."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from opid_trl.testing import free_port
+
 WORKER = Path(__file__).with_name("dist_worker.py")
 TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_worker(backend: str, model_dir: str, tmp_path: Path) -> dict:

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402
 import train  # noqa: E402
 from opid_trl.run_config import ConfigError, build_training_args, load_run_config  # noqa: E402
+from opid_trl.testing import free_port  # noqa: E402
 
 RUN_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
                    if not p.name.startswith("_") and "accelerate" not in p.parts)
@@ -135,12 +135,6 @@ def test_sft_warm_start_on_expert_trajectories(tiny_model_dir, tmp_path):
     assert first["completion"][0]["content"].endswith("</action>")
     out = run_sft(tiny_model_dir, examples, tmp_path / "sft", epochs=1, batch_size=4, use_cpu=True)
     assert (Path(out) / "config.json").exists() and (Path(out) / "tokenizer_config.json").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

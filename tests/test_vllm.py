@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from opid_trl.testing import free_port
 from opid_trl.vllm_cpu import engine_environment, running_server
 
 try:
@@ -37,12 +37,6 @@ WORKER = TESTS / "vllm_worker.py"
 TIMEOUT_S = 900
 COLOCATED_TOL = 1e-2
 SERVER_TOL = 1e-4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def worker_env() -> dict[str, str]:
