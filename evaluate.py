@@ -1,11 +1,11 @@
-"""Evaluate a trained checkpoint (or any model) on an environment split, with no analyzer and no skills.
+"""Evaluate a trained checkpoint (or any model) on an environment split, with no skill extractor and no skills.
 
     python evaluate.py --model outputs/quickstart/final --environment fetch --split test --num-tasks 64
     python evaluate.py --config configs/alfworld/opid_qwen2.5-3b.yaml --model runs/alfworld/final --split unseen
 
 Writes a JSON file of metrics per task type and prints a markdown table in the paper's layout
 (success % per task type and overall, average steps, invalid-action %, WebShop score / EM when
-reported).
+reported). The tasks are drawn with the environment's kwargs, so they belong to the world it plays.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint folder, embedded model name or hub id")
-    parser.add_argument("--config", help="run file: takes environment name/kwargs and episode settings from it")
+    parser.add_argument("--config", help="run file: takes the environment name/kwargs, the eval split's task kwargs "
+                                         "and the episode settings from it")
     parser.add_argument("--environment", help="registered environment name (overrides the run file)")
-    parser.add_argument("--env-kwargs", default="{}", help="JSON kwargs for the environment")
+    parser.add_argument("--env-kwargs", default="{}",
+                        help='JSON kwargs for the environment and its task builder, e.g. \'{"action_parsing": "reference"}\'')
     parser.add_argument("--split", default="test")
     parser.add_argument("--num-tasks", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0, help="task selection seed")
@@ -36,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="episodes played at once")
     parser.add_argument("--output", help="JSON file (default: <model>/eval-<env>-<split>.json when a folder)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch jobs)")
     return parser.parse_args(argv)
 
 
@@ -46,17 +49,28 @@ def main(argv=None) -> int:
 
     import environments
     from opid_trl.embedded import resolve_model
+    from opid_trl.episode_settings import resolve_episode_settings
     from opid_trl.evaluation import markdown_table, play, summarize
     from opid_trl.generation import ModelGenerationBackend
 
-    env_name, env_kwargs = args.environment, json.loads(args.env_kwargs)
+    try:
+        env_name, env_kwargs = args.environment, json.loads(args.env_kwargs)
+    except json.JSONDecodeError as exc:
+        print(f"--env-kwargs: not JSON ({exc})", file=sys.stderr)
+        return 2
+    if not isinstance(env_kwargs, dict):
+        print("--env-kwargs: expected a JSON object", file=sys.stderr)
+        return 2
     max_turns, history_length = args.max_turns, args.history_length
+    task_kwargs: dict = {}
     if args.config:
         from opid_trl.run_config import load_run_config
 
         run = load_run_config(args.config)
-        env_name = env_name or run.environment.name
-        env_kwargs = {**run.environment.kwargs, **env_kwargs}
+        if env_name in (None, run.environment.name):  # another environment: the run file's kwargs do not apply
+            env_name = run.environment.name
+            env_kwargs = {**run.environment.kwargs, **env_kwargs}
+            task_kwargs = dict(run.environment.eval.kwargs) if run.environment.eval else {}
         max_turns = max_turns or run.training.get("max_turns")
         history_length = history_length if history_length is not None else run.training.get("history_length")
     if not env_name:
@@ -66,11 +80,19 @@ def main(argv=None) -> int:
         print(f"--environment: unknown environment {env_name!r}; registered: {environments.available()}",
               file=sys.stderr)
         return 2
-    probe = environments.make(env_name, **env_kwargs)
-    max_turns = max_turns or probe.default_max_turns
-    history_length = probe.default_history_length if history_length is None else history_length
-    probe.close()
-    tasks = environments.tasks(env_name, split=args.split, num_tasks=args.num_tasks, seed=args.seed)
+    make_env = lambda: environments.make(env_name, **env_kwargs)  # noqa: E731
+    try:
+        settings = resolve_episode_settings(make_env, max_turns, history_length)
+    except (ValueError, TypeError) as exc:
+        print(f"--env-kwargs: {exc}", file=sys.stderr)
+        return 2
+    # The tasks are drawn with the environment's own kwargs, so that they belong to the world it plays.
+    try:
+        tasks = environments.tasks(env_name, split=args.split, num_tasks=args.num_tasks, seed=args.seed,
+                                   env_kwargs=env_kwargs, **task_kwargs)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"evaluate: cannot build the {args.split!r} tasks of {env_name!r}: {exc}", file=sys.stderr)
+        return 2
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_path = resolve_model(args.model)
@@ -83,8 +105,8 @@ def main(argv=None) -> int:
                                   eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(args.seed)
     backend = ModelGenerationBackend(model, tokenizer, generation)
-    episodes = play(lambda: environments.make(env_name, **env_kwargs), tasks, backend, tokenizer, max_turns,
-                    history_length, args.max_prompt_length, args.batch_size)
+    episodes = play(make_env, tasks, backend, tokenizer, settings.max_turns,
+                    settings.history_length, args.max_prompt_length, args.batch_size, progress=not args.no_progress)
     results = summarize(episodes)
     table = markdown_table(results, Path(args.model).name or args.model)
     output = args.output or (str(Path(model_path) / f"eval-{env_name}-{args.split}.json")

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from opid_trl.run_config import (ConfigError, build_analyzer, build_tasks, build_training_args,
+    from opid_trl.run_config import (ConfigError, build_skill_extractor, build_tasks, build_training_args,
                                      check_environment, load_run_config)
 
     started = time.time()
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         check_environment(run)
         train_tasks = build_tasks(run, "train")
         eval_tasks = build_tasks(run, "eval")
-        analyzer = build_analyzer(run)
+        skill_extractor = build_skill_extractor(run)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=eval_tasks,
         environment=run.environment.name,
         environment_kwargs=run.environment.kwargs,
-        skill_extractor=analyzer,
+        skill_extractor=skill_extractor,
         callbacks=[MetricsJSONLCallback(output_dir)],
     )
     trainer.train(resume_from_checkpoint=resume)
@@ -94,6 +94,7 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     from accelerate import PartialState
 
     import environments
+    from opid_trl.episode_settings import resolve_episode_settings
     from opid_trl.run_config import build_tasks
     from opid_trl.sft import expert_examples, run_sft
 
@@ -101,17 +102,13 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     if skip or (target / "config.json").exists():
         return str(target)
     state = PartialState()
-    probe = environments.make(run.environment.name, **run.environment.kwargs)
-    history = training_args.history_length if training_args.history_length is not None else probe.default_history_length
+    make_env = lambda: environments.make(run.environment.name, **run.environment.kwargs)  # noqa: E731
+    settings = resolve_episode_settings(make_env, history_length=training_args.history_length)
     # Expert episodes are not bound by the RL turn budget: a plan longer than max_turns still
     # teaches its first steps, and only won episodes are kept.
-    max_turns = max(training_args.max_turns or 0, probe.default_max_turns)
-    probe.close()
-    split = run.environment.train
-    rows = environments.tasks(run.environment.name, split=split.split, num_tasks=run.sft.num_tasks,
-                              seed=run.sft.seed, **split.kwargs)
-    examples, stats = expert_examples(lambda: environments.make(run.environment.name, **run.environment.kwargs),
-                                      rows, history, max_turns)
+    max_turns = max(training_args.max_turns or 0, settings.max_turns)
+    rows = build_tasks(run, "train", num_tasks=run.sft.num_tasks, seed=run.sft.seed)
+    examples, stats = expert_examples(make_env, rows, settings.history_length, max_turns)
     if state.is_main_process:
         print(f"SFT warm start: {int(stats['examples'])} expert steps "
               f"(expert success {stats['expert_success_rate']:.0%})")

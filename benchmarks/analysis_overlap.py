@@ -1,6 +1,6 @@
 """Wall time of one OPID training step with the analysis overlapped vs run serially.
 
-The analyzer is slow on purpose (it sleeps ``--latency`` seconds per call, as a remote LLM
+The skill extractor is slow on purpose (it sleeps ``--latency`` seconds per call, as a remote LLM
 endpoint would); overlapping runs it in a background thread during the old-policy and reference
 log-prob passes. Both settings run in the same process, alternately, on the same tiny model and
 tasks; the script prints the median step time of each and their ratio.
@@ -24,12 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import Dataset  # noqa: E402
 
 from opid_trl import OPIDConfig, OPIDTrainer  # noqa: E402
-from opid_trl.analyzers import RuleBasedAnalyzer  # noqa: E402
+from opid_trl.skill_extractors import RuleBasedSkillExtractor  # noqa: E402
 from opid_trl.testing import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 
-class SlowAnalyzer(RuleBasedAnalyzer):
-    """The rule-based analyzer behind a fixed per-call latency."""
+class SlowSkillExtractor(RuleBasedSkillExtractor):
+    """The rule-based skill extractor behind a fixed per-call latency."""
 
     def __init__(self, latency: float) -> None:
         super().__init__()
@@ -46,7 +46,7 @@ def step_times(model_dir: str, overlap: bool, steps: int, latency: float, out: s
                         logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False, seed=0,
                         overlap_analysis=overlap, log_analyses=False)
     trainer = OPIDTrainer(model=model_dir, args=config, train_dataset=Dataset.from_list([{"seed": i} for i in range(64)]),
-                          environment="fetch", skill_extractor=SlowAnalyzer(latency))
+                          environment="fetch", skill_extractor=SlowSkillExtractor(latency))
     trainer.train()
     return [h["step_time"] for h in trainer.state.log_history if "step_time" in h][1:]  # drop the warm-up step
 
@@ -67,7 +67,7 @@ def main() -> None:
             for overlap in (False, True):
                 times[overlap] += step_times(tmp, overlap, args.steps, args.latency, os.path.join(tmp, "out"))
     serial, overlapped = statistics.median(times[False]), statistics.median(times[True])
-    print(f"analyzer latency per call: {args.latency:.2f} s; steps measured per setting: {len(times[True])}")
+    print(f"skill extractor latency per call: {args.latency:.2f} s; steps measured per setting: {len(times[True])}")
     print(f"median step time, analysis serial:     {serial:.3f} s")
     print(f"median step time, analysis overlapped: {overlapped:.3f} s")
     print(f"overlapped / serial: {overlapped / serial:.3f}  (time saved per step: {serial - overlapped:.3f} s)")

@@ -5,7 +5,7 @@ trainer (`OPIDTrainer`, transformers `generate` backend, multi-turn `fetch` epis
 with Qwen2.5-1.5B's exact architecture and vocabulary (random weights: nothing can be downloaded
 there) at the reference lengths (prompt 2048 / response 512 tokens, bf16, gradient
 checkpointing, KL to a reference model), first as GRPO (both skill coefficients 0), then as OPID
-(rule-based analyzer, coefficients 1e-3), in one process. A random model writes responses up to
+(rule-based skill extractor, coefficients 1e-3), in one process. A random model writes responses up to
 the 512-token budget, which is what a throughput check wants.
 
 It writes JSON (``--output``) with the device and library versions and, per method: the wall time

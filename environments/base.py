@@ -28,6 +28,11 @@ FORMAT_INSTRUCTIONS = (
     "Once you've finished your reasoning, you should choose an admissible action for the current step and "
     "present it within <action> </action> tags."
 )
+#: One-sentence description of a well-formed answer in the think/action format (see
+#: :attr:`AgentEnvironment.response_format`).
+THINK_ACTION_RESPONSE_FORMAT = (
+    "Reason inside <think> </think>, then give exactly one admissible action inside <action> </action>."
+)
 
 
 @dataclass(frozen=True)
@@ -65,16 +70,40 @@ class StepResult:
     action_valid: bool
     admissible_actions: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    #: What the next prompts show as this step's action (:attr:`HistoryEntry.action`), set by the
+    #: environment according to its ``action_parsing`` mode; ``None`` when it does not say.
+    history_text: str | None = None
+
+
+#: How an environment turns a raw answer into an action (the ``action_parsing`` kwarg every
+#: environment accepts). "strict" (the default) is stricter than the reference so that the
+#: invalid-action penalty and rate measure the format the prompt asks for, and an ill-formed answer
+#: never moves the game; "reference" reproduces the reference projections for like-for-like runs.
+ACTION_PARSING_MODES = ("strict", "reference")
+
+#: Characters of a tagless answer the reference sends to the engine (and keeps in the history)
+#: when it finds no action block: the last 30 in ALFWorld, the last 20 in WebShop.
+REFERENCE_TAIL_CHARS = 30
+
+_CJK_RE = re.compile(r"[\u4e00-\u9fff]")
+
+
+def check_action_parsing(mode: str) -> str:
+    """``mode`` if it names an action-parsing mode; a ValueError naming the field otherwise."""
+    if mode not in ACTION_PARSING_MODES:
+        raise ValueError(f"action_parsing: expected one of {list(ACTION_PARSING_MODES)}, got {mode!r}")
+    return mode
 
 
 def parse_think_action(text: str) -> tuple[str | None, bool]:
-    """Project a raw model answer onto an action, as the reference environments do.
+    """Project a raw model answer onto an action (the "strict" mode, stricter than the reference).
 
     An answer is valid when it contains exactly one ``<action>...</action>`` block with non-empty
-    content and a ``<think>...</think>`` block before it. The action is lower-cased and stripped
-    (the ALFWorld and WebShop engines match actions case-insensitively). For an ill-formed answer
-    the best-effort action (the content of the last action block, if any) is still returned so
-    that it can be logged, but it is flagged invalid.
+    content and a ``<think>...</think>`` block before it (tags in any case). The action is
+    lower-cased and stripped (the ALFWorld and WebShop engines match actions case-insensitively).
+    For an ill-formed answer the best-effort action (the content of the last action block, if any)
+    is still returned so that it can be logged, but it is flagged invalid and never executed.
+    See :func:`parse_think_action_reference` for the reference's looser rule.
     """
     actions = _ACTION_RE.findall(text)
     if not actions:
@@ -88,8 +117,28 @@ def parse_think_action(text: str) -> tuple[str | None, bool]:
     return action, valid
 
 
+def parse_think_action_reference(text: str, tail_chars: int = REFERENCE_TAIL_CHARS) -> tuple[str, bool]:
+    """Project a raw answer onto an action the way the reference ALFWorld/WebShop projections do.
+
+    The action is the text between the first ``<action>`` and the first ``</action>`` (tags in any
+    case), stripped and lower-cased; it may be empty, and later action blocks are ignored. Without
+    both tags the answer is invalid and its action is the last ``tail_chars`` characters of the
+    lower-cased answer. An answer with an action block is still invalid when it lacks a literal,
+    lower-case ``<think>`` or ``</think>`` (anywhere, in any order) or contains a CJK ideograph.
+    The action is always a string: in this mode even an invalid answer's action is played.
+    """
+    lowered = text.lower()
+    start, end = lowered.find("<action>"), lowered.find("</action>")
+    if start == -1 or end == -1:
+        return lowered[-tail_chars:] if tail_chars > 0 else "", False
+    action = lowered[start + len("<action>"):end].strip()
+    valid = "<think>" in text and "</think>" in text and _CJK_RE.search(text) is None
+    return action, valid
+
+
 def render_history(history: Sequence[HistoryEntry], first_step: int) -> str:
-    """Render past steps as the reference prompt does: numbered observation/action pairs.
+    """Render past steps as the reference ALFWorld/WebShop prompts do: numbered observation/action
+    pairs (the reference Search prompt lists "Step n:<action> <information>" lines instead).
 
     ``first_step`` is the 1-based number of the first entry shown, so that the numbers match the
     step counter even when older steps were dropped from the window.
@@ -133,10 +182,12 @@ def window(history: Sequence[HistoryEntry], history_length: int) -> tuple[tuple[
 class AgentEnvironment(ABC):
     """Base class of every environment: one instance plays one episode at a time.
 
-    Subclasses implement :meth:`reset`, :meth:`execute` (a well-formed action) and
-    :meth:`render_prompt`. The base class turns the model's raw text into an action, applies the
-    format check, and keeps an ill-formed answer from reaching the engine: the state is left as it
-    was and the agent is told what went wrong, as the reference does.
+    Subclasses implement :meth:`reset`, :meth:`execute` and :meth:`render_prompt`. The base class
+    turns the model's raw text into an action and applies the format check according to
+    ``action_parsing`` (see :data:`ACTION_PARSING_MODES`). In "strict" mode an ill-formed answer
+    never reaches the engine: the state is left as it was and the agent is told what went wrong.
+    In "reference" mode, as in the reference code, its best-effort action is played anyway and only
+    flagged invalid (the trainer still applies the invalid-action penalty).
     """
 
     #: Registered name (set by :func:`environments.register`).
@@ -147,8 +198,13 @@ class AgentEnvironment(ABC):
     default_max_turns: int = 30
     #: The line of the prompt before which a step-level skill is inserted.
     instruction_anchor: str = INSTRUCTION_LINE
+    #: "strict" or "reference" (see :data:`ACTION_PARSING_MODES`); set by the constructor.
+    action_parsing: str = "strict"
+    #: Tail of a tagless answer played in "reference" mode (the reference: 30 ALFWorld, 20 WebShop).
+    reference_tail_chars: int = REFERENCE_TAIL_CHARS
 
-    def __init__(self) -> None:
+    def __init__(self, action_parsing: str = "strict") -> None:
+        self.action_parsing = check_action_parsing(action_parsing)
         self.task_description: str = ""
         self.task_type: str | None = None
         self.admissible_actions: tuple[str, ...] = ()
@@ -163,15 +219,49 @@ class AgentEnvironment(ABC):
 
     @abstractmethod
     def execute(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Apply a well-formed action; return ``(observation, reward, done, won, info)``."""
+        """Apply an action; return ``(observation, reward, done, won, info)``.
+
+        In "strict" mode only a well-formed answer's action arrives here; in "reference" mode an
+        ill-formed answer's best-effort action does too (any string, possibly empty), so the
+        engine must treat an unknown action as a no-op rather than fail.
+        """
 
     @abstractmethod
     def render_prompt(self, view: PromptView, history_length: int) -> str:
         """The user message of one step, showing the last ``history_length`` steps of ``view``."""
 
+    @property
+    def response_format(self) -> str:
+        """One sentence saying what a well-formed answer looks like in this environment.
+
+        Format advice written about a trajectory (e.g. by the rule-based skill extractor after
+        ill-formed answers) quotes it, so it must match :meth:`parse_action`: an environment with
+        another output format overrides both.
+        """
+        return THINK_ACTION_RESPONSE_FORMAT
+
     def parse_action(self, text: str) -> tuple[str | None, bool]:
-        """Project the raw answer onto an action; override for other output formats (e.g. search)."""
+        """Project the raw answer onto ``(action, valid)`` in the environment's ``action_parsing``
+        mode; override for other output formats (e.g. search)."""
+        if self.action_parsing == "reference":
+            return parse_think_action_reference(text, self.reference_tail_chars)
         return parse_think_action(text)
+
+    def executes(self, action: str | None, valid: bool) -> bool:
+        """Whether :meth:`step` plays the parsed answer ``(action, valid)`` on the engine: a valid
+        one always; an ill-formed one only in "reference" mode, when it has an action."""
+        return valid or (self.action_parsing == "reference" and action is not None)
+
+    def history_text(self, text: str, action: str | None) -> str:
+        """What later prompts show as the action of the answer ``text`` (projected onto ``action``).
+
+        "reference": the action that was played, exactly as the reference's memory stores it (for a
+        tagless answer, its tail). "strict": the action when one was found, else the whole answer
+        stripped, so that the model sees what it wrote.
+        """
+        if self.action_parsing == "reference":
+            return action or ""
+        return action if action else text.strip()
 
     def invalid_action_feedback(self) -> str:
         """Observation shown after an ill-formed answer."""
@@ -180,7 +270,7 @@ class AgentEnvironment(ABC):
     def step(self, text: str) -> StepResult:
         """Play the model's raw answer ``text``."""
         action, valid = self.parse_action(text)
-        if not valid:
+        if not self.executes(action, valid):
             return StepResult(
                 observation=self.invalid_action_feedback(),
                 reward=0.0,
@@ -189,6 +279,7 @@ class AgentEnvironment(ABC):
                 action=action,
                 action_valid=False,
                 admissible_actions=self.admissible_actions,
+                history_text=self.history_text(text, action),
             )
         observation, reward, done, won, info = self.execute(action)
         return StepResult(
@@ -197,9 +288,10 @@ class AgentEnvironment(ABC):
             done=bool(done),
             won=bool(won),
             action=action,
-            action_valid=True,
+            action_valid=valid,
             admissible_actions=self.admissible_actions,
             info=info,
+            history_text=self.history_text(text, action),
         )
 
     def expert_action(self) -> str | None:

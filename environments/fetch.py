@@ -35,24 +35,40 @@ def make_fetch_task(seed: int, min_rooms: int = 2, max_rooms: int = 4) -> dict[s
 SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000, "eval": 1_000_000}
 
 
-def fetch_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, **kwargs: Any):
-    """A dataset of fetch task rows; train and test seeds never overlap."""
+#: Constructor arguments of FetchEnvironment that the task builder may be handed and ignores.
+_ENVIRONMENT_ONLY = ("action_parsing",)
+
+
+def fetch_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, min_rooms: int = 2,
+                max_rooms: int = 4, **env_kwargs: Any):
+    """A dataset of fetch task rows; train and test seeds never overlap.
+
+    ``env_kwargs`` may repeat the environment's constructor arguments (none of them changes the
+    game, so they are ignored); anything else is an error.
+    """
     from datasets import Dataset
 
+    unknown = sorted(set(env_kwargs) - set(_ENVIRONMENT_ONLY))
+    if unknown:
+        raise TypeError(f"fetch_tasks: unexpected arguments {unknown}")
     if split not in SPLIT_SEED_OFFSET:
         raise ValueError(f"fetch: unknown split {split!r}; choose one of {sorted(SPLIT_SEED_OFFSET)}")
     base = SPLIT_SEED_OFFSET[split] + seed * 10_000
-    return Dataset.from_list([make_fetch_task(base + i, **kwargs) for i in range(num_tasks or 256)])
+    return Dataset.from_list([make_fetch_task(base + i, min_rooms, max_rooms) for i in range(num_tasks or 256)])
 
 
 class FetchEnvironment(AgentEnvironment):
-    """Walk down a corridor and take the named item. Reward 10 on success."""
+    """Walk down a corridor and take the named item. Reward 10 on success.
+
+    Args:
+        action_parsing: "strict" (default) or "reference" (see ``environments.base``).
+    """
 
     default_history_length = 2
     default_max_turns = 8
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, action_parsing: str = "strict") -> None:
+        super().__init__(action_parsing)
         self._task: dict[str, Any] = {}
         self._room = 0
         self._steps = 0

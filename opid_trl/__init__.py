@@ -4,8 +4,9 @@ from .advantages import episode_step_advantages, outcome_advantages, skill_advan
 from .config import OPIDConfig
 from .generation import GenerationBackend, TransformersGenerationBackend
 from .routing import RoutedSkill, inject, inject_episode_skill, inject_step_skill, route_skills
+from .skill_extractors import SkillExtractor, as_skill_extractor
 from .trainer import OPIDTrainer
-from .trajectory import EpisodeSkills, SkillExtractor, StepRecord, Trajectory
+from .trajectory import EpisodeSkills, StepRecord, Trajectory
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ __all__ = [
     "StepRecord",
     "Trajectory",
     "TransformersGenerationBackend",
+    "as_skill_extractor",
     "episode_step_advantages",
     "inject",
     "inject_episode_skill",

@@ -1,12 +1,16 @@
-"""The two advantages OPID adds together: the group-normalized outcome and the skill log-prob shift.
+"""OPID's advantage: the group-normalized outcome plus the weighted skill log-prob shift.
 
 Pure tensor functions, so that the math can be tested against hand-computed numbers and reused
-outside the trainer.
+outside the trainer. The pieces, in the paper's notation:
+
+- :func:`outcome_advantages` / :func:`episode_step_advantages`: A_ep(tau) = (R(tau) - mu_q) / (sigma_q + eps);
+- :func:`skill_advantage`: A_skill = (l_skill - l_old) * mask, per token;
+- :func:`opid_advantages`: A_OPID = A_ep + lambda_ep * A_skill (episode-routed) + lambda_step * A_skill (step-routed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -34,6 +38,7 @@ def outcome_advantages(
     """GRPO advantages of samples grouped by ``group_ids``.
 
     ``norm='mean_std_norm'``: (R - mean) / (std + eps), unbiased std as in the reference;
+    ``norm='batch_std_norm'``: (R - mean) / (std over all samples + eps), TRL's ``scale_rewards='batch'``;
     ``norm='mean_norm'``: R - mean. A group of one sample has no baseline and gets advantage 0.
     """
     scores = torch.as_tensor(outcomes, dtype=torch.float64)
@@ -44,6 +49,8 @@ def outcome_advantages(
     advantages = scores - means
     if norm == "mean_std_norm":
         advantages = advantages / (stds + eps)
+    elif norm == "batch_std_norm":
+        advantages = advantages / (scores.std() + eps if scores.numel() > 1 else 1.0)
     elif norm != "mean_norm":
         raise ValueError(f"unknown outcome norm {norm!r}")
     return torch.where(counts > 1, advantages, torch.zeros_like(advantages)).float()
@@ -60,7 +67,8 @@ def episode_step_advantages(
     """Outcome advantage of every step of every episode.
 
     ``episode_outcomes`` are the environment returns (without penalties); ``step_invalid[e][t]`` says
-    whether step t of episode e was ill-formed.
+    whether step t of episode e was ill-formed. An episode with no step (its reset failed) has no
+    row to train and is left out of its group's statistics: its 0 is not an outcome.
 
     - ``grouping='trajectory'`` (the paper): each episode's score is its return minus the penalty
       times its number of invalid steps; statistics over the episodes of a group; every step of an
@@ -70,9 +78,10 @@ def episode_step_advantages(
       so longer episodes weigh more; each step gets its own advantage.
     """
     if grouping == "trajectory":
-        scores = [r - invalid_action_penalty * sum(inv) for r, inv in zip(episode_outcomes, step_invalid)]
-        per_episode = outcome_advantages(scores, episode_groups, norm).tolist()
-        return [[adv] * len(inv) for adv, inv in zip(per_episode, step_invalid)]
+        played = [e for e, inv in enumerate(step_invalid) if len(inv) > 0]
+        scores = [episode_outcomes[e] - invalid_action_penalty * sum(step_invalid[e]) for e in played]
+        per_episode = dict(zip(played, outcome_advantages(scores, [episode_groups[e] for e in played], norm).tolist()))
+        return [[per_episode.get(e, 0.0)] * len(inv) for e, inv in enumerate(step_invalid)]
     if grouping == "step":
         scores, groups = [], []
         for r, g, inv in zip(episode_outcomes, episode_groups, step_invalid):
@@ -97,24 +106,56 @@ def skill_advantage(
 ) -> torch.Tensor:
     """Per-token skill advantage ``(log pi(y|h+s) - log pi(y|h)) * mask``.
 
-    ``mask`` (B, T) marks the scored tokens (response tokens of rows that have a skill).
-    ``clip`` clips each value to [-clip, clip]; ``normalize`` z-normalizes over the masked tokens
-    (after clipping) with statistics summed across processes by ``all_reduce_sum`` when given.
+    ``mask`` (B, T) marks the scored tokens (response tokens of rows that have this kind of skill).
+    Post-processing in the reference's order: ``normalize`` first z-normalizes over the masked
+    tokens of the whole batch (statistics summed across processes by ``all_reduce_sum`` when given;
+    biased std; a spread below 1e-6 only centres), then ``clip`` clips each value to [-clip, clip].
     """
     mask = mask.to(skill_logps.dtype)
     # A non-finite log-prob (a diverged forward, an empty prompt) carries no signal: zero it.
     delta = torch.nan_to_num((skill_logps - old_logps) * mask, nan=0.0, posinf=0.0, neginf=0.0)
-    if clip is not None:
-        delta = delta.clamp(-clip, clip)
     if normalize:
         stats = torch.stack([delta.sum(), (delta**2).sum(), mask.sum()]).double()
         if all_reduce_sum is not None:
             stats = all_reduce_sum(stats)
         total, total_sq, count = stats.tolist()
-        if count > 1:
+        if count > 0:
             mean = total / count
-            var = max(total_sq / count - mean**2, 0.0) * count / (count - 1)
-            delta = (delta - mean) / (var**0.5 + EPS)
-        else:
-            delta = torch.zeros_like(delta)
+            std = max(total_sq / count - mean**2, 0.0) ** 0.5
+            delta = (delta - mean) / (std + EPS) if std > EPS else delta - mean
+    if clip is not None:
+        delta = delta.clamp(-clip, clip)
     return delta * mask
+
+
+def opid_advantages(
+    outcome: torch.Tensor,
+    skill_logps: Mapping[str, torch.Tensor],
+    old_logps: torch.Tensor,
+    completion_mask: torch.Tensor,
+    coefs: Mapping[str, float],
+    clip: float | None = None,
+    normalize: bool = False,
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The per-token OPID advantage of a batch of rows, and its skill part.
+
+    .. math::
+        A_{OPID} = A_{ep} + \lambda_{ep} A_{skill}^{ep} + \lambda_{step} A_{skill}^{step},
+        \qquad A_{skill}^{k} = \log\pi_{old}(y_l \mid H(h_t, s^k_t), y_{<l}) - \log\pi_{old}(y_l \mid h_t, y_{<l})
+
+    ``outcome`` is A_ep per row (B,) or per token (B, T). ``skill_logps[k]`` (B, T) is l_skill under
+    skill kind k ('episode' or 'step'), NaN on rows that were not routed to it; ``old_logps`` (B, T)
+    is l_old; ``coefs[k]`` is lambda_k. A row routed to no skill keeps A_ep; with critical-first
+    routing each row has at most one kind, with 'additive' routing a critical row has both.
+    ``clip`` / ``normalize`` are applied to each kind's A_skill as in :func:`skill_advantage`.
+    Returns (A_OPID, the weighted skill part), each (B, T).
+    """
+    if outcome.dim() == 1:
+        outcome = outcome.unsqueeze(1)
+    skill_part = torch.zeros_like(completion_mask, dtype=torch.float32)
+    for kind, logps in skill_logps.items():
+        scored = completion_mask.bool() & ~torch.isnan(logps)
+        delta = skill_advantage(torch.nan_to_num(logps, nan=0.0), old_logps, scored, clip, normalize, all_reduce_sum)
+        skill_part = skill_part + coefs[kind] * delta.float()
+    return outcome.float() + skill_part, skill_part

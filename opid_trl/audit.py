@@ -1,7 +1,7 @@
 """Audit trail of every analysis: one JSONL line per trajectory, and a wandb table when wandb runs.
 
-Users debug skills here: what the analyzer was shown, what it answered, what was parsed, and
-which skill each step was scored with. Analyzers never put credentials in the records.
+Users debug skills here: what the skill extractor was shown, what it answered, what was parsed, and
+which skill each step was scored with. Skill extractors never put credentials in the records.
 """
 
 from __future__ import annotations

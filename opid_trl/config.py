@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 from trl import GRPOConfig
 
-OUTCOME_NORMS = ("mean_std_norm", "mean_norm")
+OUTCOME_NORMS = ("mean_std_norm", "batch_std_norm", "mean_norm")
+#: GRPO's `scale_rewards` -> the outcome normalization it stands for.
+SCALE_REWARDS_NORMS = {"group": "mean_std_norm", "batch": "batch_std_norm", "none": "mean_norm"}
 OUTCOME_GROUPINGS = ("trajectory", "step")
 SKILL_ROUTINGS = ("critical_first", "episode_only", "step_only", "additive")
 SKILL_LOGPROB_BACKENDS = ("trainer", "vllm")
@@ -26,6 +31,14 @@ class OPIDConfig(GRPOConfig):
     episode skill and `A_ep + skill_coef_step * A_skill` on steps routed to a step skill, where
     `A_skill = log pi_old(token | prompt + skill) - log pi_old(token | prompt)`. With both coefficients
     0 (or no skill extractor) the trainer is plain multi-turn GRPO and runs no extra pass.
+
+    OPID's cost over GRPO is one no-grad forward over the re-scored rows (plus the analysis, which
+    overlaps): when generation and optimization are aligned (`gradient_accumulation_steps` a
+    multiple of `steps_per_generation * num_iterations`), `log pi_old(token | prompt)` is taken from
+    the loss step's own forward pass; otherwise (and with `skill_adv_normalize`, whose statistics span
+    the whole generation batch) an explicit old-policy pass runs after the rollout.
+
+    A `GRPOConfig` handed to `OPIDTrainer` is converted with `OPIDConfig.from_grpo_config`.
     """
 
     # Episodes
@@ -42,7 +55,9 @@ class OPIDConfig(GRPOConfig):
     max_prompt_length: int = field(
         default=2048,
         metadata={"help": "Token budget of a step's prompt (chat template included). An over-long prompt drops its "
-                  "oldest history steps first; the task statement is never cut."},
+                  "oldest history steps first; the task statement is never cut. A skill-augmented prompt keeps the "
+                  "exact history window of the prompt the policy saw, so it may exceed the budget by the skill's "
+                  "length: it is scored whole and counted in `skill/<kind>_prompt_over_budget`."},
     )
     max_completion_length: int | None = field(
         default=512,
@@ -74,15 +89,18 @@ class OPIDConfig(GRPOConfig):
 
     eval_temperature: float | None = field(
         default=None,
-        metadata={"help": "Sampling temperature of validation rollouts (`eval_dataset`), which run with no analyzer "
-                  "and no skills. `None` uses `temperature` (reference validation: 0.4)."},
+        metadata={"help": "Sampling temperature of validation rollouts (`eval_dataset`), which run with no skill "
+                  "extractor and no skills. `None` uses `temperature` (reference validation: 0.4)."},
     )
 
     # Outcome advantage
-    outcome_norm: str = field(
-        default="mean_std_norm",
-        metadata={"help": "Group normalization of the outcome: 'mean_std_norm' ((R - mean) / (std + 1e-6)) or "
-                  "'mean_norm' (R - mean).", "choices": list(OUTCOME_NORMS)},
+    outcome_norm: str | None = field(
+        default=None,
+        metadata={"help": "Group normalization of the episode outcome: 'mean_std_norm' ((R - mean) / (std + 1e-6)), "
+                  "'batch_std_norm' ((R - group mean) / (std over the batch + 1e-6)) or 'mean_norm' (R - mean). "
+                  "`None` follows GRPO's `scale_rewards` ('group', 'batch', 'none' in that order). Environment "
+                  "episodes only: without an environment GRPO's own `scale_rewards` applies.",
+                  "choices": list(OUTCOME_NORMS)},
     )
     outcome_grouping: str = field(
         default="trajectory",
@@ -109,7 +127,10 @@ class OPIDConfig(GRPOConfig):
         default="critical_first",
         metadata={"help": "Which skill each step is scored with: 'critical_first' (the step skill on critical "
                   "steps, the episode skill elsewhere), 'episode_only', 'step_only' (critical steps only), or "
-                  "'additive' (the paper's no-routing ablation: both deltas added on critical steps).",
+                  "'additive' (the paper's no-routing ablation: both deltas added on critical steps). With "
+                  "`skill_coef_step=0` no step is treated as critical, so under 'critical_first' the critical steps "
+                  "fall back to the episode skill (the reference's step-priority behaviour) instead of getting no "
+                  "skill signal.",
                   "choices": list(SKILL_ROUTINGS)},
     )
     skill_adv_clip: float | None = field(
@@ -160,6 +181,49 @@ class OPIDConfig(GRPOConfig):
         metadata={"help": "Discount of the per-step returns shown to the skill extractor."},
     )
 
+    @classmethod
+    def from_grpo_config(cls, config: GRPOConfig) -> OPIDConfig:
+        """An `OPIDConfig` with every field of ``config`` unchanged and OPID's defaults for the rest.
+
+        This is what lets an existing GRPO pipeline keep its `GRPOConfig` and only swap the trainer
+        class. The result is built through `__init__`, so it is validated (OPID's checks included) and
+        owns its own derived state (device setup, DeepSpeed plugin), rather than sharing the source's.
+        The source has already been through `__post_init__`, whose transforms are idempotent on their
+        own output (enums, `report_to` lists, `scale_rewards=True` -> 'group', mirrored deprecated
+        aliases) except one: `steps_per_generation` and `generation_batch_size` are both set afterwards,
+        and passing both is an error, so only `steps_per_generation` is passed and the other is derived
+        again. Any field that still differs afterwards (a value changed by hand after construction, so
+        never validated together with the others) is copied as it is: the result trains exactly like
+        the source, whatever `GRPOTrainer` would make of it. Attributes of a `GRPOConfig` subclass or set
+        by hand are carried over too, so callbacks reading them keep working.
+
+        Warnings are silenced during the rebuild: they are the ones ``config`` already raised.
+        """
+        if isinstance(config, cls):
+            return config
+        if not isinstance(config, GRPOConfig):
+            raise TypeError(f"config must be a GRPOConfig, got {type(config).__name__}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converted = cls(**cls._grpo_init_values(config))
+        for f in dataclasses.fields(GRPOConfig):
+            source = getattr(config, f.name)
+            if getattr(converted, f.name) != source:
+                setattr(converted, f.name, source)
+        for name, value in vars(config).items():
+            if name not in vars(converted):
+                setattr(converted, name, value)
+        return converted
+
+    @staticmethod
+    def _grpo_init_values(config: GRPOConfig) -> dict[str, Any]:
+        """Keyword arguments that rebuild ``config``'s GRPOConfig fields through `__init__`: its current values,
+        less the one that `__post_init__` derives and would refuse alongside its source."""
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(GRPOConfig) if f.init}
+        if values["steps_per_generation"] is not None:
+            values["generation_batch_size"] = None  # derived from steps_per_generation again
+        return values
+
     def __post_init__(self) -> None:
         self._validate_opid_fields()
         super().__post_init__()
@@ -187,8 +251,12 @@ class OPIDConfig(GRPOConfig):
             fail("max_rows_per_forward", "must be a positive integer")
         if self.eval_temperature is not None and not self.eval_temperature > 0:
             fail("eval_temperature", "must be > 0 or None")
-        if self.outcome_norm not in OUTCOME_NORMS:
-            fail("outcome_norm", f"must be one of {OUTCOME_NORMS}")
+        if self.outcome_norm is not None and self.outcome_norm not in OUTCOME_NORMS:
+            fail("outcome_norm", f"must be one of {OUTCOME_NORMS} or None")
+        scale = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
+        if self.outcome_norm is not None and scale != "group" and SCALE_REWARDS_NORMS.get(scale) != self.outcome_norm:
+            fail("outcome_norm", f"contradicts scale_rewards={self.scale_rewards!r} "
+                 f"({SCALE_REWARDS_NORMS.get(scale)!r}); set one of them")
         if self.outcome_grouping not in OUTCOME_GROUPINGS:
             fail("outcome_grouping", f"must be one of {OUTCOME_GROUPINGS}")
         for name in ("skill_coef_episode", "skill_coef_step"):
@@ -219,6 +287,11 @@ class OPIDConfig(GRPOConfig):
                  "vllm_mode='server' (or async_episodes=False)")
         if not 0.0 <= self.analysis_gamma <= 1.0:
             fail("analysis_gamma", "must be in [0, 1]")
+
+    @property
+    def episode_outcome_norm(self) -> str:
+        """The normalization of environment outcomes: `outcome_norm`, or what `scale_rewards` says."""
+        return self.outcome_norm or SCALE_REWARDS_NORMS.get(self.scale_rewards, "mean_std_norm")
 
     @property
     def skills_enabled(self) -> bool:

@@ -1,4 +1,4 @@
-"""Evaluate a model on an environment split with no analyzer and no skills (as at inference).
+"""Evaluate a model on an environment split with no skill extractor and no skills (as at inference).
 
 Episodes are played with the same batched loop as training (one `generate` call per turn for
 all active episodes). Reported per task type and overall: success rate, average steps,
@@ -29,17 +29,27 @@ def chat_tokenizer(tokenizer) -> Callable[[list[str]], list[list[int]]]:
 
 
 def play(env_factory: Callable[[], AgentEnvironment], tasks: Sequence[Mapping[str, Any]], backend, tokenizer,
-         max_turns: int, history_length: int, max_prompt_length: int, batch_size: int = 32) -> list[Episode]:
-    """Play every task once, ``batch_size`` episodes at a time."""
+         max_turns: int, history_length: int, max_prompt_length: int, batch_size: int = 32,
+         progress: bool = False) -> list[Episode]:
+    """Play every task once, ``batch_size`` episodes at a time.
+
+    ``progress`` shows a bar over episodes with the running success rate (an evaluation of a few
+    hundred long episodes takes a while and should say how far it is).
+    """
+    from tqdm.auto import tqdm
+
     runner = EpisodeRunner(env_factory, chat_tokenizer(tokenizer),
                            lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True),
                            max_turns, history_length, max_prompt_length)
     episodes: list[Episode] = []
-    for start in range(0, len(tasks), batch_size):
-        batch = [tasks[i] for i in range(start, min(start + batch_size, len(tasks)))]
-        ids = [str(start + i) for i in range(len(batch))]
-        with backend.session():
-            episodes += runner.run(batch, list(range(start, start + len(batch))), ids, backend)
+    with tqdm(total=len(tasks), desc="episodes", unit="ep", disable=not progress) as bar:
+        for start in range(0, len(tasks), batch_size):
+            batch = [tasks[i] for i in range(start, min(start + batch_size, len(tasks)))]
+            ids = [str(start + i) for i in range(len(batch))]
+            with backend.session():
+                episodes += runner.run(batch, list(range(start, start + len(batch))), ids, backend)
+            bar.update(len(batch))
+            bar.set_postfix(success=f"{sum(ep.won for ep in episodes) / len(episodes):.1%}")
     return episodes
 
 

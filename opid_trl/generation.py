@@ -48,7 +48,7 @@ class GenerationBackend(Protocol):
         """One sampled response per prompt. ``max_new_tokens`` overrides the per-turn budget."""
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
-        """The token ids of `sample` (used by the self analyzer)."""
+        """The token ids of `sample` (used by the policy skill extractor)."""
 
 
 @runtime_checkable

@@ -20,6 +20,7 @@ from typing import Any
 from environments.base import AgentEnvironment, HistoryEntry, PromptView, StepResult
 
 from .generation import GenerationBackend, Sample, sample_with
+from .routing import inject
 from .trajectory import StepRecord, Trajectory
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Episode:
     observation: str = ""
     history: list[HistoryEntry] = field(default_factory=list)
     views: list[PromptView] = field(default_factory=list)
+    #: How many history steps each step's prompt showed (the longest window that fit the budget).
+    history_windows: list[int] = field(default_factory=list)
     prompt_ids: list[list[int]] = field(default_factory=list)
     completion_ids: list[list[int]] = field(default_factory=list)
     #: The sampler's log-prob of every token of ``completion_ids`` (None where the engine gives none).
@@ -56,6 +59,13 @@ class Episode:
         """Sum of environment rewards (invalid-action penalties not included)."""
         return sum(step.reward for step in self.steps)
 
+    def skill_prompt(self, t: int, episode_skill: str | None, step_skill: str | None) -> str:
+        """Step ``t``'s prompt with the skill(s) injected: the same template over the same history
+        window the policy saw (never re-fitted, so the log-prob shift is the skill's alone)."""
+        view = self.views[t]
+        prompt = self.env.render_prompt(view, self.history_windows[t])
+        return inject(prompt, episode_skill, step_skill, task=view.task, anchor=self.env.instruction_anchor)
+
     def to_trajectory(self, invalid_action_penalty: float, gamma: float) -> Trajectory:
         """The record shown to a skill extractor."""
         penalty = invalid_action_penalty * sum(not s.action_valid for s in self.steps)
@@ -67,22 +77,36 @@ class Episode:
             outcome=self.env_return - penalty,
             success=self.won,
             task_type=self.task_type,
+            response_format=self.env.response_format if self.env is not None else None,
         )
         trajectory.fill_discounted_returns(gamma)
         return trajectory
 
 
+@dataclass
+class FittedPrompts:
+    """Prompts rendered to fit a token budget."""
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    #: The history window each prompt was rendered with.
+    windows: list[int]
+    #: How many prompts exceed the budget even with no history.
+    overflow: int
+
+
 def fit_prompts(
     renderers: Sequence[Callable[[int], str]], history_length: int, max_tokens: int, tokenize: Tokenize
-) -> tuple[list[str], list[list[int]], int]:
+) -> FittedPrompts:
     """Render every prompt with the longest history window that fits ``max_tokens``.
 
     ``renderers[i](k)`` renders prompt i with its last k history steps. Prompts over budget are
     re-rendered with one step fewer, in batches, down to no history at all; the task statement is
-    never cut. Returns the texts, their token ids and how many prompts still exceed the budget.
+    never cut.
     """
     texts = [render(history_length) for render in renderers]
     ids = tokenize(texts)
+    windows = [history_length] * len(texts)
     pending = [i for i, row in enumerate(ids) if len(row) > max_tokens]
     k = history_length
     while pending and k > 0:
@@ -90,9 +114,9 @@ def fit_prompts(
         new_texts = [renderers[i](k) for i in pending]
         new_ids = tokenize(new_texts)
         for i, text, row in zip(pending, new_texts, new_ids):
-            texts[i], ids[i] = text, row
+            texts[i], ids[i], windows[i] = text, row, k
         pending = [i for i in pending if len(ids[i]) > max_tokens]
-    return texts, ids, len(pending)
+    return FittedPrompts(texts, ids, windows, len(pending))
 
 
 class EpisodeRunner:
@@ -167,11 +191,11 @@ class EpisodeRunner:
                 if not active:
                     break
                 views = [self._view(ep, turn) for ep in active]
-                prompt_ids = self._fit(active, views)
-                samples = sample_with(backend, prompt_ids)
+                fitted = self._fit(active, views)
+                samples = sample_with(backend, fitted.token_ids)
                 responses = self.decode([s.token_ids for s in samples])
                 results = self._map(_play, list(zip(active, responses)))
-                for item in zip(active, views, prompt_ids, samples, responses, results):
+                for item in zip(active, views, fitted.windows, fitted.token_ids, samples, responses, results):
                     self._record(*item)
         self.env_errors = sum(ep.error is not None for ep in episodes)
         return episodes
@@ -184,13 +208,13 @@ class EpisodeRunner:
                 break
             with self._lock:
                 view = self._view(episode, turn)
-                prompt_ids = self._fit([episode], [view])
-            sample = sample_with(backend, prompt_ids)[0]  # the slow part runs unlocked: the engine batches
+                fitted = self._fit([episode], [view])
+            sample = sample_with(backend, fitted.token_ids)[0]  # the slow part runs unlocked: the engine batches
             with self._lock:
                 response = self.decode([sample.token_ids])[0]
             result = _play((episode, response))
             with self._lock:
-                self._record(episode, view, prompt_ids[0], sample, response, result)
+                self._record(episode, view, fitted.windows[0], fitted.token_ids[0], sample, response, result)
 
     def _reset(self, episode: Episode) -> None:
         try:
@@ -211,21 +235,22 @@ class EpisodeRunner:
             history=tuple(episode.history),
         )
 
-    def _fit(self, episodes: Sequence[Episode], views: Sequence[PromptView]) -> list[list[int]]:
-        _, prompt_ids, overflow = fit_prompts(
+    def _fit(self, episodes: Sequence[Episode], views: Sequence[PromptView]) -> FittedPrompts:
+        fitted = fit_prompts(
             [self.render(ep, view) for ep, view in zip(episodes, views)],
             self.history_length,
             self.max_prompt_length,
             self.tokenize,
         )
-        self.prompt_overflows += overflow
-        return prompt_ids
+        self.prompt_overflows += fitted.overflow
+        return fitted
 
-    def _record(self, ep: Episode, view: PromptView, prompt_ids: list[int], sample: Sample, response: str,
-                result: StepResult | Exception) -> None:
+    def _record(self, ep: Episode, view: PromptView, window: int, prompt_ids: list[int], sample: Sample,
+                response: str, result: StepResult | Exception) -> None:
         """Append one step (its row and its environment outcome) to ``ep``."""
         turn = len(ep.steps)
         ep.views.append(view)
+        ep.history_windows.append(window)
         ep.prompt_ids.append(prompt_ids)
         ep.completion_ids.append(sample.token_ids)
         ep.sampling_logps.append(sample.logprobs)
@@ -251,7 +276,10 @@ class EpisodeRunner:
                 info=dict(result.info),
             )
         )
-        ep.history.append(HistoryEntry(observation=ep.observation, action=result.action or response.strip()))
+        # What the next prompts show of this step: the environment decides (the played action in the
+        # reference's mode; it may be empty), else the action, else the stripped answer.
+        shown = result.history_text if result.history_text is not None else (result.action or response.strip())
+        ep.history.append(HistoryEntry(observation=ep.observation, action=shown))
         ep.observation = result.observation
         ep.won = ep.won or result.won
         ep.done = result.done

@@ -25,20 +25,25 @@ class RoutedSkill:
         return "step" if self.step_skill else "episode" if self.episode_skill else "none"
 
 
-def route_skills(skills: EpisodeSkills | None, num_steps: int, mode: str = "critical_first") -> list[RoutedSkill]:
+def route_skills(skills: EpisodeSkills | None, num_steps: int, mode: str = "critical_first",
+                 use_step_skills: bool = True) -> list[RoutedSkill]:
     """One :class:`RoutedSkill` per step of a trajectory.
 
     - ``critical_first``: the step skill on critical steps, the episode skill elsewhere;
     - ``episode_only``: the episode skill everywhere;
     - ``step_only``: step skills on critical steps, nothing elsewhere;
     - ``additive``: the episode skill everywhere and the step skill too on critical steps.
+
+    ``use_step_skills=False`` (the trainer passes it when the step-skill weight is 0) treats every
+    step as non-critical, as the reference's step-priority mode does: under ``critical_first`` the
+    critical steps then fall back to the episode skill instead of getting no signal at all.
     """
     if skills is None:
         return [RoutedSkill() for _ in range(num_steps)]
     episode = skills.episode_skill or None
     routed = []
     for t in range(num_steps):
-        step = skills.step_skills.get(t) or None
+        step = (skills.step_skills.get(t) or None) if use_step_skills else None
         if mode == "critical_first":
             routed.append(RoutedSkill(step_skill=step) if step else RoutedSkill(episode_skill=episode))
         elif mode == "episode_only":

@@ -1,12 +1,12 @@
 """The YAML run configuration behind `train.py`, `evaluate.py` and the SFT warm start.
 
 A run file has five sections; everything is checked before any model is loaded, and every error
-names its field as it is written in the YAML (``training.learning_rate``, ``analyzer.name``, ...)::
+names its field as it is written in the YAML (``training.learning_rate``, ``skill_extractor.name``, ...)::
 
     base: other.yaml            # optional: start from another file, then override
     model: smollm2-135m-instruct   # embedded name, hub id or local folder
     environment: {name: fetch, kwargs: {}, train: {num_tasks: 64, seed: 0}, eval: {num_tasks: 16}}
-    analyzer: {name: rule_based, kwargs: {}}   # rule_based | openai | self | none
+    skill_extractor: {name: rule_based, kwargs: {}}   # rule_based | openai | self | none
     sft: {num_tasks: 64, epochs: 2}            # optional warm start before RL
     training: {output_dir: ..., learning_rate: ..., ...}   # OPIDConfig fields
 
@@ -22,7 +22,9 @@ from typing import Any
 
 import yaml
 
-SECTIONS = ("base", "model", "environment", "analyzer", "sft", "training", "deepspeed")
+SECTIONS = ("base", "model", "environment", "skill_extractor", "sft", "training", "deepspeed")
+#: Sections renamed since earlier run files, and their current names (named in the error).
+RENAMED_SECTIONS = {"analyzer": "skill_extractor"}
 
 
 class ConfigError(ValueError):
@@ -48,7 +50,9 @@ class EnvironmentSection:
 
 
 @dataclass
-class AnalyzerSection:
+class SkillExtractorSection:
+    """Which skill extractor to build (a registered name, or ``none`` for plain GRPO) and its kwargs."""
+
     name: str = "rule_based"
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -70,7 +74,7 @@ class SFTSection:
 class RunConfig:
     model: str
     environment: EnvironmentSection
-    analyzer: AnalyzerSection
+    skill_extractor: SkillExtractorSection
     training: dict[str, Any]
     sft: SFTSection | None = None
     source: str = ""
@@ -139,6 +143,9 @@ def _build(cls, values: Any, where: str):
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read, merge and check a run file (structure only; `validate` checks the values)."""
     data = _merge(_read(Path(path).resolve()), parse_overrides(overrides or []))
+    renamed = sorted(set(data) & set(RENAMED_SECTIONS))
+    if renamed:
+        raise ConfigError(f"{renamed[0]}: this section is now called {RENAMED_SECTIONS[renamed[0]]!r}; rename it")
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section; expected some of {list(SECTIONS[1:])}")
@@ -152,7 +159,7 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     return RunConfig(
         model=data["model"],
         environment=_build(EnvironmentSection, data.get("environment"), "environment"),
-        analyzer=_build(AnalyzerSection, data.get("analyzer"), "analyzer"),
+        skill_extractor=_build(SkillExtractorSection, data.get("skill_extractor"), "skill_extractor"),
         training=training,
         sft=_build(SFTSection, data["sft"], "sft") if data.get("sft") else None,
         source=str(path),
@@ -175,23 +182,32 @@ def build_training_args(run: RunConfig, **forced: Any):
         raise ConfigError(message if message.startswith("OPIDConfig.") else f"training: {message}") from None
 
 
-def build_analyzer(run: RunConfig):
-    """The skill extractor named by ``analyzer.name`` (``none`` gives plain GRPO)."""
-    from .analyzers import ANALYZERS, make_analyzer
+def build_skill_extractor(run: RunConfig):
+    """The skill extractor named by ``skill_extractor.name`` (``none`` gives plain GRPO)."""
+    from .skill_extractors import SKILL_EXTRACTORS, make_skill_extractor
 
-    name = run.analyzer.name
+    name = run.skill_extractor.name
     if name in (None, "none"):
         return None
-    if name not in ANALYZERS:
-        raise ConfigError(f"analyzer.name: unknown analyzer {name!r}; choose one of {sorted(ANALYZERS) + ['none']}")
+    if name not in SKILL_EXTRACTORS:
+        raise ConfigError(f"skill_extractor.name: unknown skill extractor {name!r}; "
+                          f"choose one of {sorted(SKILL_EXTRACTORS) + ['none']}")
+    if not isinstance(run.skill_extractor.kwargs, dict):
+        raise ConfigError(f"skill_extractor.kwargs: expected a mapping, got {type(run.skill_extractor.kwargs).__name__}")
     try:
-        return make_analyzer(name, **run.analyzer.kwargs)
+        return make_skill_extractor(name, **run.skill_extractor.kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"analyzer.kwargs: {exc}") from None
+        raise ConfigError(f"skill_extractor.kwargs: {exc}") from None
 
 
-def build_tasks(run: RunConfig, which: str = "train"):
-    """The task dataset of ``environment.train`` / ``environment.eval`` (None if not configured)."""
+def build_tasks(run: RunConfig, which: str = "train", num_tasks: int | None = None, seed: int | None = None):
+    """The task dataset of ``environment.train`` / ``environment.eval`` (None if not configured);
+    ``num_tasks``/``seed`` replace the split's own (e.g. for the SFT warm start).
+
+    The task builder gets ``environment.kwargs`` as well as the split's own ``kwargs``: a kwarg
+    that changes the world (catalogue size, corpus seed, data root) must select the tasks too, or
+    the rows would point into a world the environment does not play.
+    """
     import environments
 
     split = run.environment.train if which == "train" else run.environment.eval
@@ -200,9 +216,15 @@ def build_tasks(run: RunConfig, which: str = "train"):
     if run.environment.name not in environments.available():
         raise ConfigError(f"environment.name: unknown environment {run.environment.name!r}; "
                           f"registered: {environments.available()}")
+    env_kwargs = run.environment.kwargs
+    for key, value in split.kwargs.items():
+        if key in env_kwargs and env_kwargs[key] != value:
+            raise ConfigError(f"environment.{which}.kwargs.{key}: {value!r} differs from environment.kwargs.{key} "
+                              f"({env_kwargs[key]!r}); the tasks must come from the world the environment plays")
     try:
-        return environments.tasks(run.environment.name, split=split.split, num_tasks=split.num_tasks,
-                                  seed=split.seed, **split.kwargs)
+        return environments.tasks(run.environment.name, split=split.split,
+                                  num_tasks=split.num_tasks if num_tasks is None else num_tasks,
+                                  seed=split.seed if seed is None else seed, env_kwargs=env_kwargs, **split.kwargs)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise ConfigError(f"environment.{which}: {exc}") from None
 

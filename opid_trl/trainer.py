@@ -1,14 +1,20 @@
 """`OPIDTrainer`: GRPO over multi-turn agent episodes with OPID's token-level skill advantage.
 
-The trainer overrides three narrow points of TRL's `GRPOTrainer`:
+The data path, one module per stage: environment (`environments`) -> rollout
+(:mod:`opid_trl.rollout`) -> step batch (:mod:`opid_trl.step_batch`) -> analysis
+(:mod:`opid_trl.skill_analysis`) -> routing (:mod:`opid_trl.routing`) -> skill scoring
+(:mod:`opid_trl.skill_scoring`) -> advantages (:mod:`opid_trl.advantages`) -> TRL's loss.
+This module is the glue to TRL. It overrides four narrow points of `GRPOTrainer`:
 
 - `_generate_and_score_completions`: with an environment, plays the batch of episodes and returns
-  one row per environment step; without one, it lets GRPO build the batch as usual. In both cases
-  it then adds the skill advantage, giving per-token advantages of shape (B, T), which TRL's
-  `_compute_loss` accepts as they are.
+  one row per environment step; without one, GRPO builds the batch as usual. Then the skill
+  scores are added (per-token advantages of shape (B, T), which TRL's `_compute_loss` accepts).
 - `compute_loss`: a micro-step with more rows than `max_rows_per_forward` is back-propagated
   chunk by chunk with the exact gradient of GRPO's loss, so memory stays bounded whatever the
   number of steps the episodes produced.
+- `_get_per_token_logps_and_entropies`: hands the chunked loss its precomputed log-probs, and
+  completes the skill advantage from the loss forward's own log-probs when they are the old
+  policy's (one optimizer step per generation), so OPID adds a single no-grad pass to GRPO.
 - `_calculate_rewards`: records the single-turn rewards so the skill extractor can see them.
 
 Rollouts go through a `GenerationBackend`: transformers `generate`, or with `use_vllm` the vLLM
@@ -20,38 +26,46 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
-from trl.trainer.utils import pad, use_adapter
+from trl.trainer.utils import use_adapter
 
 import environments
 from environments.base import AgentEnvironment
 
-from .advantages import episode_step_advantages, skill_advantage
-from .analyzers import make_analyzer
+from .advantages import episode_step_advantages, opid_advantages
 from .audit import AnalysisAuditLog
+from .batch_metrics import BatchMetrics
 from .config import OPIDConfig
+from .episode_settings import resolve_episode_settings
 from .generation import GenerationBackend, ScoringBackend, TransformersGenerationBackend
 from .importance_sampling import vllm_importance_ratio
-from .rollout import Episode, EpisodeRunner, fit_prompts
-from .routing import RoutedSkill, inject, route_skills
-from .trajectory import EpisodeSkills, SkillExtractorLike, StepRecord, Trajectory
+from .rollout import Episode, EpisodeRunner
+from .routing import RoutedSkill, inject
+from .skill_analysis import AnalysisResult, SkillAnalysis
+from .skill_extractors import SkillExtractorLike, as_skill_extractor
+from .skill_scoring import (SKILL_LOGPS_KEYS, RenderSkillPrompt, ScoreRows, SkillScores, TokenizePrompts,
+                            engine_old_logps, engine_score_rows, plan_skill_passes, score_skills)
+from .step_batch import (OPIDBatch, StepRows, collect_step_rows, pad_token_lists, padded_row_count, per_row,
+                         ragged_rows, row_tensors)
+from .trajectory import StepRecord, Trajectory
 from .vllm_backend import make_vllm_backend, sampler_logprobs_are_plain
 
 logger = logging.getLogger(__name__)
 
 EnvironmentSpec = str | Callable[[], AgentEnvironment] | None
-#: (skill prompt ids of some rows, their row indices, how many are real) -> (l_skill, l_old), each (rows, T).
-SkillScorer = Callable[[list[list[int]], list[int], int], tuple[torch.Tensor, torch.Tensor]]
+#: Batch keys TRL's `_compute_loss` reads that the chunked loss path knows how to split.
+_LOSS_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch",
+              "old_per_token_logps", "old_per_token_entropies", "ref_per_token_logps", "sampling_per_token_logps",
+              "importance_sampling_ratio", "tool_mask", *SKILL_LOGPS_KEYS.values()}
 
 
 def environment_outcome(prompts: list, completions: list, **kwargs) -> list[float]:
@@ -90,26 +104,25 @@ def _vllm_engine_setup(args: OPIDConfig) -> Iterator[None]:
     yield
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(sum(values) / len(values)) if values else 0.0
-
-
 class OPIDTrainer(GRPOTrainer):
     """A drop-in `GRPOTrainer` that trains agents with On-Policy Skill Distillation.
 
     Args:
         model, reward_funcs, args, train_dataset, eval_dataset, processing_class, ...:
-            as for `GRPOTrainer`. `args` must be an [`OPIDConfig`]. With an `environment`,
-            `reward_funcs` is optional (the environment's outcome is the reward) and each dataset
-            row is a task handed to the environment's `reset`.
+            as for `GRPOTrainer`. `args` is an [`OPIDConfig`]; a `GRPOConfig` is converted to one
+            with every field kept. With an `environment`, `reward_funcs` is optional (the
+            environment's outcome is the reward) and each dataset row is a task handed to the
+            environment's `reset`.
         environment: a registered environment name (see `environments.available()`) or a
             zero-argument factory returning an `AgentEnvironment`. Without it, the trainer works on
             single-turn prompts exactly as `GRPOTrainer` and applies OPID to each completion as a
             one-step episode.
         environment_kwargs: keyword arguments for the environment factory.
-        skill_extractor: callable from completed `Trajectory` records to `EpisodeSkills` (or `None`
-            for a trajectory it could not analyse). Without it the trainer is plain GRPO.
-        generation_backend: the engine used for rollouts (default: transformers `generate`).
+        skill_extractor: a `SkillExtractor`, a callable from completed `Trajectory` records to
+            `EpisodeSkills` (or `None` for a trajectory it could not analyse), or the name of a
+            built-in one ('rule_based', 'self', 'openai'). Without it the trainer is plain GRPO.
+        generation_backend: the engine used for rollouts (default: transformers `generate`, or
+            vLLM with `use_vllm`).
     """
 
     _tag_names = ["trl", "grpo", "opid"]
@@ -129,28 +142,18 @@ class OPIDTrainer(GRPOTrainer):
         peft_config=None,
         environment: EnvironmentSpec = None,
         environment_kwargs: Mapping[str, Any] | None = None,
-        skill_extractor: SkillExtractorLike | None = None,
+        skill_extractor: SkillExtractorLike | str | None = None,
         generation_backend: GenerationBackend | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = OPIDConfig(f"{str(name).split('/')[-1]}-OPID")
-        if not isinstance(args, OPIDConfig):
-            raise TypeError(f"args must be an OPIDConfig, got {type(args).__name__}")
+        if not isinstance(args, OPIDConfig):  # a GRPOConfig: same fields, OPID's defaults (plain GRPO without skills)
+            args = OPIDConfig.from_grpo_config(args)
         self.environment_factory = resolve_environment(environment, environment_kwargs)
-        if self.environment_factory is not None:
-            if reward_funcs is not None:
-                raise ValueError("reward_funcs: with an environment the episode outcome is the reward; "
-                                 "pass reward_funcs=None")
-            if kwargs.get("tools") or kwargs.get("rollout_func") or kwargs.get("environment_factory"):
-                raise ValueError("environment: cannot be combined with TRL's tools / rollout_func / environment_factory")
-            reward_funcs = [environment_outcome]
-        if isinstance(skill_extractor, str):
-            skill_extractor = make_analyzer(skill_extractor)
-        if skill_extractor is not None and not callable(skill_extractor):
-            raise TypeError("skill_extractor must be callable (trajectories -> list of EpisodeSkills | None) "
-                            "or the name of an analyzer ('rule_based', 'self', 'openai')")
+        reward_funcs = self._environment_reward_funcs(reward_funcs, args, kwargs)
+        extractor = as_skill_extractor(skill_extractor)
         with _vllm_engine_setup(args):
             super().__init__(
                 model=model,
@@ -165,40 +168,59 @@ class OPIDTrainer(GRPOTrainer):
                 peft_config=peft_config,
                 **kwargs,
             )
-        self.skill_extractor = skill_extractor
-        if generation_backend is None:
-            generation_backend = make_vllm_backend(self) if self.use_vllm else TransformersGenerationBackend(self)
-        self.generation_backend = generation_backend
-        if args.skill_logprob_backend == "vllm" and not isinstance(generation_backend, ScoringBackend):
+        self.skill_extractor = extractor
+        self.generation_backend = generation_backend or (
+            make_vllm_backend(self) if self.use_vllm else TransformersGenerationBackend(self))
+        if args.skill_logprob_backend == "vllm" and not isinstance(self.generation_backend, ScoringBackend):
             raise ValueError("skill_logprob_backend: 'vllm' needs a generation backend that can score tokens "
-                             f"({type(generation_backend).__name__} cannot); use 'trainer'")
-        if hasattr(skill_extractor, "bind_trainer"):
-            skill_extractor.bind_trainer(self)
-        self._audit = AnalysisAuditLog(args.output_dir, self.accelerator.process_index,
-                                       use_wandb="wandb" in (args.report_to or [])) if args.log_analyses else None
+                             f"({type(self.generation_backend).__name__} cannot); use 'trainer'")
+        self.batch_metrics = BatchMetrics(self.accelerator, self._metrics)
+        self.analysis = self._skill_analysis(extractor)
         self._last_rewards_per_func: torch.Tensor | None = None
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._analysis_pool = ThreadPoolExecutor(1, thread_name_prefix="opid-analysis")
+        self._loss_batch: OPIDBatch | None = None
         self._rollout_count = 0
-        self._analysis_seconds = 0.0
-        self._runner: EpisodeRunner | None = None
-        if self.environment_factory is not None:
-            probe = self.environment_factory()
-            self.max_turns = args.max_turns or probe.default_max_turns
-            self.history_length = (
-                args.history_length if args.history_length is not None else probe.default_history_length
-            )
-            self.instruction_anchor = probe.instruction_anchor
-            probe.close()
-            self._runner = EpisodeRunner(
-                env_factory=self.environment_factory,
-                tokenize=self._tokenize_texts,
-                decode=lambda ids: self._tokenizer.batch_decode(ids, skip_special_tokens=True),
-                max_turns=self.max_turns,
-                history_length=self.history_length,
-                max_prompt_length=args.max_prompt_length,
-                step_workers=args.env_step_workers,
-            )
+        self._runner = self._episode_runner() if self.environment_factory is not None else None
+
+    def _environment_reward_funcs(self, reward_funcs, args: OPIDConfig, kwargs: Mapping[str, Any]):
+        """With an environment the episode outcome is the reward; refuse what cannot apply."""
+        if self.environment_factory is None:
+            if args.outcome_norm is not None:
+                raise ValueError("outcome_norm: applies to environment episodes; without an environment GRPO's "
+                                 "scale_rewards normalizes the rewards (set scale_rewards instead)")
+            return reward_funcs
+        if reward_funcs is not None:
+            raise ValueError("reward_funcs: with an environment the episode outcome is the reward; "
+                             "pass reward_funcs=None")
+        if kwargs.get("tools") or kwargs.get("rollout_func") or kwargs.get("environment_factory"):
+            raise ValueError("environment: cannot be combined with TRL's tools / rollout_func / environment_factory")
+        return [environment_outcome]
+
+    def _skill_analysis(self, extractor) -> SkillAnalysis | None:
+        if extractor is None:
+            return None
+        args = self.args
+        audit = AnalysisAuditLog(args.output_dir, self.accelerator.process_index,
+                                 use_wandb="wandb" in (args.report_to or [])) if args.log_analyses else None
+        analysis = SkillAnalysis(extractor, args.max_step_skills, args.skill_routing,
+                                 use_step_skills=args.skill_coef_step > 0, overlap=args.overlap_analysis, audit=audit)
+        extractor.bind_trainer(self)
+        return analysis
+
+    def _episode_runner(self) -> EpisodeRunner:
+        args = self.args
+        settings = resolve_episode_settings(self.environment_factory, args.max_turns, args.history_length)
+        self.max_turns, self.history_length = settings.max_turns, settings.history_length
+        self.instruction_anchor = settings.instruction_anchor
+        return EpisodeRunner(
+            env_factory=self.environment_factory,
+            tokenize=self._tokenize_texts,
+            decode=lambda ids: self._tokenizer.batch_decode(ids, skip_special_tokens=True),
+            max_turns=self.max_turns,
+            history_length=self.history_length,
+            max_prompt_length=args.max_prompt_length,
+            step_workers=args.env_step_workers,
+        )
 
     # ------------------------------------------------------------------ helpers
     def _tokenize_texts(self, texts: list[str]) -> list[list[int]]:
@@ -210,52 +232,33 @@ class OPIDTrainer(GRPOTrainer):
 
     def _skills_active(self, mode: str) -> bool:
         """Whether this batch gets a skill advantage (training, extractor set, inside the window)."""
-        return (
-            mode == "train"
-            and self.skill_extractor is not None
-            and self.args.skill_window_open(self.state.global_step)
-        )
+        return mode == "train" and self.analysis is not None and self.args.skill_window_open(self.state.global_step)
 
-    def _log(self, mode: str, name: str, value: float) -> None:
-        self._metrics[mode][name].append(float(value))
-
-    def _global_sum(self, values: Sequence[float]) -> list[float]:
-        tensor = torch.tensor(list(values), dtype=torch.float64, device=self.accelerator.device)
-        return self.accelerator.reduce(tensor, reduction="sum").tolist()
-
-    def _global_max(self, values: torch.Tensor) -> float:
-        """Largest element of ``values`` over all processes (0 when every process has none)."""
-        local = values.max().double() if values.numel() else torch.zeros((), dtype=torch.float64)
-        return self.accelerator.reduce(local.to(self.accelerator.device), reduction="max").item()
-
-    def _float_rows(self, rows: Sequence[Sequence[float]], count: int, width: int, fill: float) -> torch.Tensor:
-        """Per-token values of ``rows`` as a (count, width) tensor on the training device, ``fill`` elsewhere."""
-        out = torch.full((count, width), fill, dtype=torch.float32)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
-        return out.to(self.accelerator.device)
+    @property
+    def _aligned(self) -> bool:
+        """Whether the loss step's policy is the one that sampled the batch (no optimizer step in
+        between): then the loss forward's own log-probs are the old policy's (TRL's criterion)."""
+        return self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations) == 0
 
     def _pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Token id lists -> (ids, mask) padded on ``side``, on the training device."""
-        device = self.accelerator.device
-        tensors = [torch.tensor(ids, dtype=torch.long) for ids in sequences]
-        ids = pad(tensors, padding_value=self._tokenizer.pad_token_id, padding_side=side).to(device)
-        mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side=side).to(device)
-        return ids, mask
+        return pad_token_lists(sequences, self._tokenizer.pad_token_id, side, self.accelerator.device)
 
     def _logps(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-               completion_mask: torch.Tensor, model=None) -> torch.Tensor:
+               completion_mask: torch.Tensor, model=None, with_entropy: bool = False):
         """Log-probs of the given completion tokens after each (left-padded) prompt; no grad, in
-        chunks of `max_rows_per_forward` rows. ``model`` defaults to the policy."""
+        chunks of `max_rows_per_forward` rows. ``model`` defaults to the policy. With
+        ``with_entropy``, returns (log-probs, entropies)."""
         with torch.no_grad():
-            logps, _, _ = self._get_per_token_logps_and_entropies(
+            logps, entropies, _ = self._get_per_token_logps_and_entropies(
                 model if model is not None else self.model,
                 torch.cat([prompt_ids, completion_ids], dim=1),
                 torch.cat([prompt_mask, completion_mask], dim=1),
                 completion_ids.size(1),
                 batch_size=self.args.max_rows_per_forward,
+                compute_entropy=with_entropy,
             )
-        return logps
+        return (logps, entropies) if with_entropy else logps
 
     def _reference_logps(self, *batch: torch.Tensor) -> torch.Tensor:
         """Reference-model log-probs (the KL term) of `_logps`'s batch, with GRPO's PEFT handling."""
@@ -277,9 +280,13 @@ class OPIDTrainer(GRPOTrainer):
         if self._precomputed_loss_inputs is not None and torch.is_grad_enabled():
             logps, entropies = self._precomputed_loss_inputs
             return logps, entropies, None
-        return super()._get_per_token_logps_and_entropies(
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
             compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        if self._loss_batch is not None:  # the loss forward of a batch whose skill advantage is pending
+            self._complete_skill_advantages(self._loss_batch, logps.detach())
+            self._loss_batch = None
+        return logps, entropies, aux
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """GRPO's loss, computed in chunks of `max_rows_per_forward` rows when a micro-step holds more.
@@ -290,23 +297,33 @@ class OPIDTrainer(GRPOTrainer):
         chunk is then re-run with grad and back-propagated with those per-token weights; all but
         the last chunk are back-propagated here without gradient synchronisation, the last one by
         the Trainer. The gradient is exactly that of the unchunked loss, for every `loss_type`,
-        and every process runs the same number of forward and backward passes (ZeRO-3).
+        and every process runs the same number of forward and backward passes (ZeRO-3). When the
+        batch already holds the old policy's log-probs and entropies and the policy has not moved
+        since (aligned steps), they are that no-grad pass: it is not paid twice.
         """
         rows = inputs["completion_ids"].size(0)
         chunk = self.args.max_rows_per_forward
-        extra_inputs = set(inputs) - {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages",
-                                      "num_items_in_batch", "old_per_token_logps", "ref_per_token_logps",
-                                      "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask"}
-        if return_outputs or rows <= chunk or not torch.is_grad_enabled() or extra_inputs or self.aux_loss_enabled:
-            return self._check_finite(super().compute_loss(model, inputs, return_outputs, num_items_in_batch))
+        pending_skills = any(key in inputs for key in SKILL_LOGPS_KEYS.values())
+        if return_outputs or rows <= chunk or not torch.is_grad_enabled() or set(inputs) - _LOSS_KEYS \
+                or self.aux_loss_enabled:
+            self._loss_batch = inputs if pending_skills else None
+            try:
+                return self._check_finite(super().compute_loss(model, inputs, return_outputs, num_items_in_batch))
+            finally:
+                self._loss_batch = None
 
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         logits_to_keep = inputs["completion_ids"].size(1)
         parent = super()._get_per_token_logps_and_entropies
-        with torch.no_grad():
-            logps, entropies, _ = parent(model, input_ids, attention_mask, logits_to_keep, batch_size=chunk,
-                                         compute_entropy=True)
+        if "old_per_token_entropies" in inputs and self._aligned:
+            logps, entropies = inputs["old_per_token_logps"], inputs["old_per_token_entropies"]
+        else:
+            with torch.no_grad():
+                logps, entropies, _ = parent(model, input_ids, attention_mask, logits_to_keep, batch_size=chunk,
+                                             compute_entropy=True)
+        if pending_skills:
+            self._complete_skill_advantages(inputs, logps)
         logps_leaf = logps.detach().requires_grad_(True)
         entropies_leaf = entropies.detach().requires_grad_(True)
         self._precomputed_loss_inputs = (logps_leaf, entropies_leaf)
@@ -315,8 +332,18 @@ class OPIDTrainer(GRPOTrainer):
         finally:
             self._precomputed_loss_inputs = None
         self._check_finite(loss)
-        grad_logps, grad_entropies = torch.autograd.grad(loss, [logps_leaf, entropies_leaf], allow_unused=True)
+        grads = torch.autograd.grad(loss, [logps_leaf, entropies_leaf], allow_unused=True)
+        last = self._backward_chunks(model, input_ids, attention_mask, logits_to_keep, grads, num_items_in_batch)
+        # Same gradient as the last chunk's surrogate, same value as the full loss (for logging).
+        return last + (loss.detach() - last.detach())
 
+    def _backward_chunks(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
+                         grads: tuple[torch.Tensor | None, torch.Tensor | None], num_items_in_batch) -> torch.Tensor:
+        """Re-run each chunk with grad and back-propagate ``grads`` (d loss / d log-prob, d loss /
+        d entropy per token) through it; all chunks but the last here, the last one's surrogate is returned."""
+        grad_logps, grad_entropies = grads
+        rows, chunk = input_ids.size(0), self.args.max_rows_per_forward
+        parent = super()._get_per_token_logps_and_entropies
         last = None
         for start in range(0, rows, chunk):
             part = slice(start, start + chunk)
@@ -330,8 +357,7 @@ class OPIDTrainer(GRPOTrainer):
                 self._backward_without_sync(model, surrogate, num_items_in_batch)
             else:
                 last = surrogate
-        # Same gradient as the last chunk's surrogate, same value as the full loss (for logging).
-        return last + (loss.detach() - last.detach())
+        return last
 
     def _check_finite(self, loss: torch.Tensor) -> torch.Tensor:
         """Stop loudly, before any weight or checkpoint is touched, when the loss is not finite.
@@ -368,158 +394,79 @@ class OPIDTrainer(GRPOTrainer):
         return self._rollout_and_score(inputs)
 
     # ------------------------------------------------------------------ skills
-    def _extract_skills(self, trajectories: list[Trajectory]) -> tuple[list[EpisodeSkills | None], int]:
-        """Run the extractor; a crash or a malformed answer costs the skill signal, never the run.
+    def _complete_skill_advantages(self, batch: OPIDBatch, old_logps: torch.Tensor) -> None:
+        """A_OPID of ``batch`` in place, from its pending skill scores and the old policy's log-probs."""
+        skill_logps = {kind: batch.pop(key) for kind, key in SKILL_LOGPS_KEYS.items() if key in batch}
+        if not skill_logps:
+            return
+        args = self.args
+        batch["advantages"], skill_part = opid_advantages(
+            batch["advantages"], skill_logps, old_logps, batch["completion_mask"],
+            {"episode": args.skill_coef_episode, "step": args.skill_coef_step},
+            clip=args.skill_adv_clip, normalize=args.skill_adv_normalize,
+            all_reduce_sum=lambda t: self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum"))
+        self.batch_metrics.skill_advantage("train" if self.model.training else "eval", skill_part,
+                                           batch["completion_mask"])
 
-        Its wall time is kept in `_analysis_seconds` (logged as `time/analysis`)."""
-        start = time.perf_counter()
-        try:
-            result = list(self.skill_extractor(trajectories))
-        except Exception as exc:  # noqa: BLE001 - analyzer outages must not stop training
-            logger.warning("skill extractor failed on %d trajectories (%s: %s); they get no skill signal",
-                           len(trajectories), type(exc).__name__, exc)
-            return [None] * len(trajectories), len(trajectories)
-        finally:
-            self._analysis_seconds = time.perf_counter() - start
-        if len(result) != len(trajectories):
-            logger.warning("skill extractor returned %d results for %d trajectories; ignoring them",
-                           len(result), len(trajectories))
-            return [None] * len(trajectories), len(trajectories)
-        cleaned: list[EpisodeSkills | None] = []
-        for skills, trajectory in zip(result, trajectories):
-            if isinstance(skills, EpisodeSkills):
-                cleaned.append(skills.cleaned(len(trajectory.steps), self.args.max_step_skills))
-            else:
-                cleaned.append(None)
-        return cleaned, sum(s is None or s.failed for s in cleaned)
+    def _add_skills(self, mode: str, batch: OPIDBatch, analysis: Future[AnalysisResult],
+                    trajectories: list[Trajectory], row_routing: Callable[[list[list[RoutedSkill]]], list[RoutedSkill]],
+                    render: RenderSkillPrompt, tokenize: TokenizePrompts,
+                    engine_rows: tuple[list[list[int]], list[list[int]], torch.Tensor | None] | None) -> None:
+        """Wait for the analysis, route, score the skill prompts, and add the skill advantage.
 
-    def _finish_analysis(self, mode: str, trajectories: list[Trajectory], skills: list[EpisodeSkills | None],
-                         ) -> list[list[RoutedSkill]]:
-        """Route every trajectory's skills, write the audit records, log the analyzer's counters."""
-        routing = [route_skills(None if s is None or s.failed else s, len(t.steps), self.args.skill_routing)
-                   for s, t in zip(skills, trajectories)]
-        if self._audit is not None:
-            self._audit.write(self.state.global_step, trajectories, skills, routing)
-        pop = getattr(self.skill_extractor, "pop_metrics", None)
-        if pop is not None:
-            counters = sorted(pop().items())
-            totals = self._global_sum([value for _, value in counters])
-            for (name, _), total in zip(counters, totals):
-                self._log(mode, f"analyzer/{name}", total)
-        return routing
-
-    def _skill_advantages(
-        self,
-        routed: list[RoutedSkill],
-        render: Callable[[int, str | None, str | None], Callable[[int], Any]],
-        scorer: SkillScorer,
-        completion_mask: torch.Tensor,
-        history_length: int,
-        mode: str,
-        tokenize: Callable[[list[Any]], list[list[int]]] | None = None,
-    ) -> torch.Tensor:
-        """Weighted per-token skill advantage of every row.
-
-        ``routed[i]`` is row i's routing (padding rows: empty). ``render(i, episode_skill, step_skill)``
-        returns the skill-augmented renderer of row i (history window -> prompt); ``tokenize`` turns
-        rendered prompts into ids (default: each text as one user message through the chat template).
-        ``scorer`` gives, for some rows, the log-probs of their sampled tokens under given prompts
-        and under their original prompts (`l_skill`, `l_old`).
-
-        Each pass (episode skills, then step skills) re-scores only the rows routed to it, so
-        critical-first routing costs one extra forward over the batch in all. Every process runs
-        the pass on the same number of rows (the largest count, padded with masked rows), so that
-        every rank runs the same number of forward passes.
+        ``row_routing`` maps the routing of every trajectory to the routing of every batch row.
+        ``engine_rows`` (original prompt ids, completion ids, sampler log-probs) selects scoring on
+        the rollout engine. The advantage is completed here when the old policy's log-probs are
+        known (engine scoring, or an explicit old-policy pass), else in the loss step (pending
+        `*_skill_per_token_logps` keys).
         """
         args = self.args
-        total = torch.zeros_like(completion_mask, dtype=torch.float32)
-        for kind, coef in (("episode", args.skill_coef_episode), ("step", args.skill_coef_step)):
-            skill_of = (lambda r: r.episode_skill) if kind == "episode" else (lambda r: r.step_skill)
-            selected = [i for i, r in enumerate(routed)
-                        if skill_of(r) is not None and (args.skill_routing == "additive" or r.kind == kind)]
-            count = int(max(gather_object([len(selected)])))
-            if coef == 0 or count == 0:
-                continue
-            rows = selected + [selected[0] if selected else 0] * (count - len(selected))
-            renderers = [render(i, routed[i].episode_skill if kind == "episode" else None,
-                                routed[i].step_skill if kind == "step" else None) for i in rows]
-            _, prompt_ids, overflow = fit_prompts(renderers, history_length, args.max_prompt_length,
-                                                  tokenize or self._tokenize_texts)
-            index = torch.tensor(rows, dtype=torch.long, device=completion_mask.device)
-            real = torch.zeros(count, dtype=completion_mask.dtype, device=completion_mask.device)
-            real[: len(selected)] = 1
-            skill_logps, base_logps = scorer(prompt_ids, rows, len(selected))
-            delta = skill_advantage(
-                skill_logps,
-                base_logps,
-                completion_mask[index] * real.unsqueeze(1),
-                clip=args.skill_adv_clip,
-                normalize=args.skill_adv_normalize,
-                all_reduce_sum=lambda t: self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum"),
-            )
-            total.index_add_(0, index[: len(selected)], coef * delta[: len(selected)])
-            self._log(mode, f"skill/{kind}_prompt_overflow", self._global_sum([overflow])[0])
-            self._log(mode, f"skill/{kind}_rows_scored", self._global_sum([len(selected)])[0])
-        return total
+        wait_start = time.perf_counter()
+        result = analysis.result()
+        # time/analysis: the extractor's own wall time; time/analysis_wait: what the step waited for
+        # it after the log-prob passes (0 when fully overlapped).
+        self.batch_metrics.log(mode, "time/analysis", result.seconds)
+        self.batch_metrics.log(mode, "time/analysis_wait", time.perf_counter() - wait_start)
+        start = time.perf_counter()
+        routed = row_routing(self.analysis.route(self.state.global_step, trajectories, result))
+        completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+        coefs = {"episode": args.skill_coef_episode, "step": args.skill_coef_step}
+        passes = plan_skill_passes(routed, coefs, self.batch_metrics.global_max_count)
+        if engine_rows is None:
+            score_rows: ScoreRows = lambda ids, rows, _n: self._logps(  # noqa: E731
+                *self._pad(ids, "left"), completion_ids[rows], completion_mask[rows])
+        else:
+            score_rows = engine_score_rows(self.generation_backend, engine_rows[1], completion_ids.size(1),
+                                           completion_ids.device)
+        scores = score_skills(passes, routed, render, tokenize, score_rows, tuple(completion_ids.shape),
+                              args.max_prompt_length)
+        old_logps = batch.get("old_per_token_logps")
+        if engine_rows is not None:
+            plain = engine_rows[2] is not None and sampler_logprobs_are_plain(self)
+            old_logps = engine_old_logps(self.generation_backend, engine_rows[0], engine_rows[1],
+                                         engine_rows[2] if plain else None, scores.scored_rows,
+                                         tuple(completion_ids.shape), completion_ids.device)
+        self._log_skill_batch(mode, scores, routed, result, len(trajectories))
+        for kind, logps in scores.logps.items():
+            batch[SKILL_LOGPS_KEYS[kind]] = logps
+        if old_logps is not None:
+            self._complete_skill_advantages(batch, old_logps)
+        self.batch_metrics.log(mode, "time/skill_scoring", time.perf_counter() - start)
 
-    def _trainer_scorer(self, old_logps: torch.Tensor, completion_ids: torch.Tensor,
-                        completion_mask: torch.Tensor) -> SkillScorer:
-        """`l_skill` from a no-grad forward of the training model, `l_old` from ``old_logps``."""
+    def _log_skill_batch(self, mode: str, scores: SkillScores, routed: list[RoutedSkill], result: AnalysisResult,
+                         num_trajectories: int) -> None:
+        self.batch_metrics.skill_passes(mode, scores)
+        self.batch_metrics.routing(mode, routed, result.failures, num_trajectories)
+        counters = sorted(self.analysis.pop_metrics().items())
+        for (name, _), total in zip(counters, self.batch_metrics.global_sum([v for _, v in counters])):
+            self.batch_metrics.log(mode, f"skill_extractor/{name}", total)
 
-        def score(prompt_ids: list[list[int]], rows: list[int], num_real: int) -> tuple[torch.Tensor, torch.Tensor]:
-            index = torch.tensor(rows, dtype=torch.long, device=completion_ids.device)
-            skill = self._logps(*self._pad(prompt_ids, "left"), completion_ids[index], completion_mask[index])
-            return skill, old_logps[index]
-
-        return score
-
-    def _engine_scorer(self, original_prompts: list[list[int]], completions: list[list[int]],
-                       sampling_logps: torch.Tensor | None, width: int) -> SkillScorer:
-        """`l_skill` and `l_old` from the rollout engine's prompt log-probs (`skill_logprob_backend="vllm"`).
-
-        The sampler's own log-probs stand for `l_old` when they are on the same (untempered) scale;
-        otherwise the original prompts are scored on the engine too. Padding rows are not sent."""
-        backend = self.generation_backend
-        plain = sampling_logps is not None and sampler_logprobs_are_plain(self)
-
-        def to_tensor(values: list[list[float]], count: int) -> torch.Tensor:
-            return self._float_rows(values, count, width, fill=0.0)
-
-        def score(prompt_ids: list[list[int]], rows: list[int], num_real: int) -> tuple[torch.Tensor, torch.Tensor]:
-            real_rows = rows[:num_real]
-            sampled = [completions[i] for i in real_rows]
-            with backend.session():  # awake (sleep mode); the weights are those of the rollout
-                skill = to_tensor(backend.score(prompt_ids[:num_real], sampled), len(rows))
-                if not plain:
-                    base = to_tensor(backend.score([original_prompts[i] for i in real_rows], sampled), len(rows))
-            if plain:
-                base = sampling_logps[torch.tensor(rows, dtype=torch.long, device=sampling_logps.device)].clone()
-                base[num_real:] = 0.0
-            return skill, torch.nan_to_num(base, nan=0.0)
-
-        return score
-
-    def _log_skill_stats(self, mode: str, skill_adv: torch.Tensor, mask: torch.Tensor,
-                         routed: list[RoutedSkill], failures: int, num_trajectories: int) -> None:
-        valid = mask.bool()
-        values = skill_adv[valid].double()
-        kinds = [r.kind for r in routed]
-        totals = self._global_sum([
-            values.sum().item(), (values**2).sum().item(), values.numel(),
-            sum(k in ("step", "both") for k in kinds), sum(k in ("episode", "both") for k in kinds), len(kinds),
-            failures, num_trajectories,
-        ])
-        abs_max = self._global_max(values.abs())
-        s, sq, n, n_step, n_ep, n_rows, n_fail, n_traj = totals
-        mean = s / n if n else 0.0
-        std = math.sqrt(max(sq / n - mean**2, 0.0)) if n else 0.0
-        self._log(mode, "skill/adv_mean", mean)
-        self._log(mode, "skill/adv_std", std)
-        self._log(mode, "skill/adv_abs_max", abs_max)
-        self._log(mode, "skill/routed_step_frac", n_step / n_rows if n_rows else 0.0)
-        self._log(mode, "skill/routed_episode_frac", n_ep / n_rows if n_rows else 0.0)
-        self._log(mode, "skill/analysis_failures", n_fail)
-        self._log(mode, "skill/analysis_failure_rate", n_fail / n_traj if n_traj else 0.0)
+    def _needs_explicit_old_pass(self, skills_active: bool) -> bool:
+        """Skill scoring on the trainer needs l_old before the loss step only when the loss step
+        cannot give it: unaligned steps, or batch z-normalization (statistics over the whole
+        generation batch, while a loss step sees one micro-batch)."""
+        engine = self.args.skill_logprob_backend == "vllm"
+        return skills_active and not engine and (not self._aligned or self.args.skill_adv_normalize)
 
     # ------------------------------------------------------------------ single-turn (drop-in) path
     def _score_single_turn(self, inputs):
@@ -527,18 +474,41 @@ class OPIDTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         if not self._skills_active(mode):
             return output
-        args = self.args
-        device = self.accelerator.device
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        mask = completion_mask if "tool_mask" not in output else completion_mask * output["tool_mask"]
-        rows = completion_ids.size(0)
-        process_slice = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
-        rewards = (self._last_rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
-        rewards = rewards[process_slice].tolist()
         prompts = [x["prompt"] for x in inputs]
         prompt_texts = [p[-1]["content"] if is_conversational({"prompt": p}) else p for p in prompts]
         if any(not isinstance(t, str) for t in prompt_texts):
             raise ValueError("skill_extractor: OPID's single-turn path supports text prompts only")
+        trajectories = self._single_turn_trajectories(prompt_texts, completion_ids, completion_mask)
+        analysis = self.analysis.submit(trajectories)
+        if output.get("old_per_token_logps") is None and self._needs_explicit_old_pass(True):
+            output["old_per_token_logps"] = self._timed_old_pass(
+                mode, output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask)
+
+        def render(i: int, episode_skill: str | None, step_skill: str | None) -> Any:
+            # Same rendering as GRPO: the augmented text replaces the last message's content.
+            text = inject(prompt_texts[i], episode_skill, step_skill, task=None, anchor=None)
+            prompt = prompts[i]
+            return prompt[:-1] + [{**prompt[-1], "content": text}] if is_conversational({"prompt": prompt}) else text
+
+        engine_rows = None
+        if self.args.skill_logprob_backend == "vllm":
+            engine_rows = (
+                [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"].cpu(), output["prompt_mask"].cpu())],
+                [ids[m.bool()].tolist() for ids, m in zip(completion_ids.cpu(), completion_mask.cpu())],
+                output.get("sampling_per_token_logps"))
+        output["advantages"] = output["advantages"].unsqueeze(1).expand_as(completion_mask).clone()
+        self._add_skills(mode, output, analysis, trajectories, lambda routing: [r[0] for r in routing], render,
+                         lambda items: [list(ids) for ids in self._tokenize_prompts(items)[0]], engine_rows)
+        return output
+
+    def _single_turn_trajectories(self, prompt_texts: list[str], completion_ids: torch.Tensor,
+                                  completion_mask: torch.Tensor) -> list[Trajectory]:
+        """Each completion as a one-step trajectory, with the reward GRPO gave it."""
+        device, rows = self.accelerator.device, completion_ids.size(0)
+        process_slice = slice(self.accelerator.process_index * rows, (self.accelerator.process_index + 1) * rows)
+        rewards = (self._last_rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        rewards = rewards[process_slice].tolist()
         completions = self._tokenizer.batch_decode(
             [ids[m.bool()].tolist() for ids, m in zip(completion_ids.cpu(), completion_mask.cpu())],
             skip_special_tokens=True,
@@ -551,228 +521,136 @@ class OPIDTrainer(GRPOTrainer):
                 task=text,
                 steps=[StepRecord(index=0, observation=text, response=completion, reward=reward)],
                 outcome=reward,
-                success=reward >= args.success_threshold,
+                success=reward >= self.args.success_threshold,
             )
             for i, (text, completion, reward) in enumerate(zip(prompt_texts, completions, rewards))
         ]
         for trajectory in trajectories:
-            trajectory.fill_discounted_returns(args.analysis_gamma)
-        skills, failures = self._extract_skills(trajectories)
-        self._log(mode, "time/analysis", self._analysis_seconds)
-        routed = [r[0] for r in self._finish_analysis(mode, trajectories, skills)]
-        start = time.perf_counter()
-        def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], Any]:
-            # Same rendering as GRPO: the augmented text replaces the last message's content.
-            text = inject(prompt_texts[i], episode_skill, step_skill, task=None, anchor=None)
-            prompt = prompts[i]
-            augmented = prompt[:-1] + [{**prompt[-1], "content": text}] if is_conversational({"prompt": prompt}) else text
-            return lambda _k: augmented
-
-        def tokenize(items: list[Any]) -> list[list[int]]:
-            return [list(ids) for ids in self._tokenize_prompts(items)[0]]
-
-        if args.skill_logprob_backend == "vllm":
-            prompt_lists = [ids[m.bool()].tolist() for ids, m in zip(output["prompt_ids"].cpu(),
-                                                                      output["prompt_mask"].cpu())]
-            completion_lists = [ids[m.bool()].tolist() for ids, m in zip(completion_ids.cpu(), completion_mask.cpu())]
-            scorer = self._engine_scorer(prompt_lists, completion_lists, output.get("sampling_per_token_logps"),
-                                         completion_ids.size(1))
-        else:
-            old_logps = output.get("old_per_token_logps")
-            if old_logps is None:
-                old_logps = self._logps(output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask)
-            scorer = self._trainer_scorer(old_logps, completion_ids, completion_mask)
-        skill_adv = self._skill_advantages(routed, render, scorer, mask, 0, mode, tokenize)
-        self._log(mode, "time/skill_scoring", time.perf_counter() - start)
-        self._log_skill_stats(mode, skill_adv, mask, routed, failures, len(trajectories))
-        output["advantages"] = output["advantages"].unsqueeze(1) + skill_adv
-        return output
+            trajectory.fill_discounted_returns(self.args.analysis_gamma)
+        return trajectories
 
     # ------------------------------------------------------------------ multi-turn path
-    def _rollout_and_score(self, inputs):
+    def _rollout_and_score(self, inputs) -> OPIDBatch:
         args = self.args
         mode = "train" if self.model.training else "eval"
-        device = self.accelerator.device
-        rank = self.accelerator.process_index
+        episodes, rollout_seconds = self._play(inputs, mode)
+        trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
+        skills_active = self._skills_active(mode)
+        analysis = self.analysis.submit(trajectories) if skills_active else None
+
+        step_advantages = self._episode_outcome_advantages(episodes)
+        spg = args.steps_per_generation if mode == "train" else 1
+        row_count = padded_row_count(self.batch_metrics.global_max_count(sum(len(ep.steps) for ep in episodes)), spg)
+        rows = collect_step_rows(episodes, row_count, self._tokenizer.pad_token_id)
+        prompt_ids, prompt_mask, completion_ids, completion_mask = row_tensors(
+            rows, self._tokenizer.pad_token_id, self.accelerator.device,
+            self.eos_token_ids if self.mask_truncated_completions else None)
+        advantages = per_row(step_advantages, rows, self.accelerator.device)
+        batch = OPIDBatch(
+            prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+            completion_mask=completion_mask,
+            advantages=advantages.unsqueeze(1).expand_as(completion_mask).clone(),
+            num_items_in_batch=self.accelerator.gather(completion_mask.sum()).sum(),
+        )
+        sampling_logps = self._sampling_logps(episodes, rows, completion_ids.size(1))
+        self._policy_passes(mode, batch, sampling_logps, skills_active)
+
+        if analysis is not None:
+            engine_rows = (rows.prompt_ids, rows.completion_ids, sampling_logps) \
+                if args.skill_logprob_backend == "vllm" else None
+
+            def render(i: int, episode_skill: str | None, step_skill: str | None) -> str:
+                if i >= rows.num_real:
+                    return ""
+                e, t = rows.locations[i]
+                return episodes[e].skill_prompt(t, episode_skill, step_skill)
+
+            def row_routing(per_episode: list[list[RoutedSkill]]) -> list[RoutedSkill]:
+                return [per_episode[e][t] for e, t in rows.locations] + [RoutedSkill()] * rows.num_padding
+
+            self._add_skills(mode, batch, analysis, trajectories, row_routing, render, self._tokenize_texts,
+                             engine_rows)
+        self.batch_metrics.episodes(mode, episodes, rows.num_real, self._runner.env_errors,
+                                    self._runner.prompt_overflows, rollout_seconds)
+        if args.log_completions:
+            self._log_episode_rows(episodes, rows, step_advantages)
+        return batch
+
+    def _play(self, inputs, mode: str) -> tuple[list[Episode], float]:
+        """Play every task of ``inputs`` once; the episodes and the wall time it took."""
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        offset = rank * len(inputs)
+        offset = self.accelerator.process_index * len(inputs)
         group_ids = [(offset + i) // num_generations for i in range(len(inputs))]
         trajectory_ids = [f"{self._rollout_count}-{offset + i}" for i in range(len(inputs))]
-
         start = time.perf_counter()
         with self.generation_backend.session():
             episodes = self._runner.run(inputs, group_ids, trajectory_ids, self.generation_backend,
-                                        asynchronous=args.async_episodes)
-        rollout_time = time.perf_counter() - start
-        skills_active = self._skills_active(mode)
-        trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
-        analysis = None
-        if skills_active:
-            if args.overlap_analysis and getattr(self.skill_extractor, "supports_overlap", True):
-                analysis = self._analysis_pool.submit(self._extract_skills, trajectories)
-            else:
-                analysis = Future()
-                analysis.set_result(self._extract_skills(trajectories))
+                                        asynchronous=self.args.async_episodes)
+        return episodes, time.perf_counter() - start
 
-        # Outcome advantages over the groups, which may span processes.
+    def _episode_outcome_advantages(self, episodes: list[Episode]) -> list[list[float]]:
+        """A_ep of every step of this process's episodes, from groups that may span processes."""
+        args = self.args
         summaries = gather_object([(ep.group_id, ep.env_return, [not s.action_valid for s in ep.steps])
                                    for ep in episodes])
         counts = gather_object([len(episodes)])
-        first = sum(counts[:rank])
-        step_advs = episode_step_advantages(
+        first = sum(counts[: self.accelerator.process_index])
+        return episode_step_advantages(
             [s[1] for s in summaries], [s[0] for s in summaries], [s[2] for s in summaries],
-            args.invalid_action_penalty, args.outcome_norm, args.outcome_grouping,
+            args.invalid_action_penalty, args.episode_outcome_norm, args.outcome_grouping,
         )[first : first + len(episodes)]
 
-        # One row per step; pad so every process has the same number, a multiple of the micro-steps.
-        rows = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep.steps))]
-        max_rows = int(max(gather_object([len(rows)])))
-        spg = args.steps_per_generation if mode == "train" else 1
-        padded_rows = max(spg * math.ceil(max_rows / spg), spg)
-        prompt_list = [episodes[e].prompt_ids[t] for e, t in rows]
-        completion_list = [episodes[e].completion_ids[t] for e, t in rows]
-        num_pad = padded_rows - len(rows)
-        filler_prompt = prompt_list[0] if prompt_list else [self._tokenizer.pad_token_id]
-        filler_completion = completion_list[0] if completion_list else [self._tokenizer.pad_token_id]
-        prompt_list += [filler_prompt] * num_pad
-        completion_list += [filler_completion] * num_pad
-        real = torch.tensor([1] * len(rows) + [0] * num_pad, dtype=torch.long)
-
-        prompt_ids, prompt_mask = self._pad(prompt_list, "left")
-        completion_ids, completion_mask = self._pad(completion_list, "right")
-        completion_mask = completion_mask * real.to(device).unsqueeze(1)
-        if self.mask_truncated_completions:
-            eos = set(self.eos_token_ids)
-            finished = torch.tensor([bool(ids) and ids[-1] in eos for ids in completion_list], device=device)
-            completion_mask = completion_mask * finished.int().unsqueeze(1)
-
-        batch = (prompt_ids, prompt_mask, completion_ids, completion_mask)
-        # Old-policy log-probs from the trainer are needed when the loss step is not the sampling
-        # step, for the sampler-vs-trainer importance correction, and for skill scoring on the
-        # trainer. Skill scoring on the engine uses the sampler's own log-probs instead.
-        sampling_logps = self._sampling_logps(episodes, rows, num_pad, completion_ids.size(1))
-        engine_scoring = skills_active and args.skill_logprob_backend == "vllm"
+    def _policy_passes(self, mode: str, batch: OPIDBatch, sampling_logps: torch.Tensor | None,
+                       skills_active: bool) -> None:
+        """The no-grad passes GRPO needs before the loss step: old policy (when the loss step cannot
+        stand in for it, or for the sampler-vs-trainer importance correction) and reference model."""
+        tokens = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
         is_correction = self.use_vllm and self.vllm_importance_sampling_correction
-        generate_every = args.steps_per_generation * self.num_iterations
-        need_old = (args.gradient_accumulation_steps % generate_every != 0
-                    or (is_correction and sampling_logps is not None)
-                    or (skills_active and not engine_scoring))
-        old_logps = self._logps(*batch) if need_old else None
-        is_ratio = None
-        if is_correction:
-            is_ratio = torch.ones_like(completion_mask, dtype=torch.float32)
-            if sampling_logps is not None:
-                is_ratio = vllm_importance_ratio(old_logps, sampling_logps, completion_mask,
-                                                 self.vllm_importance_sampling_mode,
-                                                 self.vllm_importance_sampling_clip_min,
-                                                 self.vllm_importance_sampling_clip_max)
-                self._log_sampler_gap(mode, old_logps, sampling_logps, completion_mask)
-        ref_logps = self._reference_logps(*batch) if self.beta != 0.0 else None
-
-        advantages = torch.tensor([step_advs[e][t] for e, t in rows] + [0.0] * num_pad,
-                                  dtype=torch.float32, device=device)
-        advantages = advantages.unsqueeze(1).expand_as(completion_mask).clone()
-        if analysis is not None:
-            wait_start = time.perf_counter()
-            skills, failures = analysis.result()
-            # time/analysis: the extractor's own wall time; time/analysis_wait: what the step waited
-            # for it after the log-prob passes (0 when fully overlapped).
-            self._log(mode, "time/analysis", self._analysis_seconds)
-            self._log(mode, "time/analysis_wait", time.perf_counter() - wait_start)
-            scoring_start = time.perf_counter()
-            routed_per_episode = self._finish_analysis(mode, trajectories, skills)
-            routed = [routed_per_episode[e][t] for e, t in rows] + [RoutedSkill()] * num_pad
-            row_index = rows + [rows[0] if rows else None] * num_pad
-
-            def render(i: int, episode_skill: str | None, step_skill: str | None) -> Callable[[int], str]:
-                location = row_index[i]
-                if location is None:
-                    return lambda _k: ""
-                ep = episodes[location[0]]
-                view = ep.views[location[1]]
-                return lambda k: inject(ep.env.render_prompt(view, k), episode_skill, step_skill,
-                                        task=view.task, anchor=self.instruction_anchor)
-
-            if engine_scoring:
-                scorer = self._engine_scorer(prompt_list, completion_list, sampling_logps, completion_ids.size(1))
+        if not self._aligned or (is_correction and sampling_logps is not None) \
+                or self._needs_explicit_old_pass(skills_active):
+            start = time.perf_counter()
+            if self._aligned:  # the chunked loss reuses this pass as its own no-grad pass
+                batch["old_per_token_logps"], batch["old_per_token_entropies"] = self._logps(*tokens,
+                                                                                              with_entropy=True)
             else:
-                scorer = self._trainer_scorer(old_logps, completion_ids, completion_mask)
-            skill_adv = self._skill_advantages(routed, render, scorer, completion_mask, self.history_length, mode)
-            advantages = advantages + skill_adv
-            self._log(mode, "time/skill_scoring", time.perf_counter() - scoring_start)
-            self._log_skill_stats(mode, skill_adv, completion_mask, routed[: len(rows)] if rows else [],
-                                  failures, len(trajectories))
-        self._log_episode_stats(mode, episodes, len(rows), rollout_time)
-        if args.log_completions:
-            self._log_episode_rows(episodes, rows, step_advs)
-
-        output = {
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "completion_ids": completion_ids,
-            "completion_mask": completion_mask,
-            "advantages": advantages,
-            "num_items_in_batch": self.accelerator.gather(completion_mask.sum()).sum(),
-        }
-        if old_logps is not None:
-            output["old_per_token_logps"] = old_logps
-        if is_ratio is not None:
-            output["importance_sampling_ratio"] = is_ratio
+                batch["old_per_token_logps"] = self._logps(*tokens)
+            self.batch_metrics.log(mode, "time/old_policy", time.perf_counter() - start)
+        if is_correction:
+            ratio = torch.ones_like(batch["completion_mask"], dtype=torch.float32)
+            if sampling_logps is not None:
+                ratio = vllm_importance_ratio(batch["old_per_token_logps"], sampling_logps, batch["completion_mask"],
+                                              self.vllm_importance_sampling_mode,
+                                              self.vllm_importance_sampling_clip_min,
+                                              self.vllm_importance_sampling_clip_max)
+                self.batch_metrics.sampler_gap(mode, batch["old_per_token_logps"], sampling_logps,
+                                               batch["completion_mask"])
+            batch["importance_sampling_ratio"] = ratio
         if sampling_logps is not None:  # TRL's off-policy mask reads it; padding positions are masked
-            output["sampling_per_token_logps"] = torch.nan_to_num(sampling_logps, nan=0.0)
-        if ref_logps is not None:
-            output["ref_per_token_logps"] = ref_logps
-        return output
+            batch["sampling_per_token_logps"] = torch.nan_to_num(sampling_logps, nan=0.0)
+        if self.beta != 0.0:
+            batch["ref_per_token_logps"] = self._reference_logps(*tokens)
 
-    def _sampling_logps(self, episodes: list[Episode], rows: list[tuple[int, int]], num_pad: int,
-                        width: int) -> torch.Tensor | None:
+    def _timed_old_pass(self, mode: str, *tokens: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        logps = self._logps(*tokens)
+        self.batch_metrics.log(mode, "time/old_policy", time.perf_counter() - start)
+        return logps
+
+    def _sampling_logps(self, episodes: list[Episode], rows: StepRows, width: int) -> torch.Tensor | None:
         """The sampler's log-probs of every row's tokens, (B, T), NaN where none; None without any.
 
         Agreed across processes, so that every rank takes the same branch afterwards."""
-        local = [episodes[e].sampling_logps[t] for e, t in rows]
+        local = [episodes[e].sampling_logps[t] for e, t in rows.locations]
         if not all(gather_object([all(lp is not None for lp in local)])):
             return None
-        return self._float_rows(local, len(rows) + num_pad, width, fill=float("nan"))
+        return ragged_rows(local, len(rows), width, float("nan"), self.accelerator.device)
 
-    def _log_sampler_gap(self, mode: str, trainer_logps: torch.Tensor, sampler_logps: torch.Tensor,
-                         mask: torch.Tensor) -> None:
-        """How far the sampler's log-probs are from the trainer's (mean and max |diff| over tokens)."""
-        valid = mask.bool() & ~torch.isnan(sampler_logps)
-        gap = (trainer_logps - sampler_logps)[valid].abs().double()
-        s, n = self._global_sum([gap.sum().item(), gap.numel()])
-        self._log(mode, "sampling/logp_gap_mean", s / n if n else 0.0)
-        self._log(mode, "sampling/logp_gap_max", self._global_max(gap))
-
-    def _log_episode_stats(self, mode: str, episodes: list[Episode], num_rows: int, rollout_time: float) -> None:
-        steps = [s for ep in episodes for s in ep.steps]
-        totals = self._global_sum([
-            len(episodes), sum(ep.won for ep in episodes), len(steps), sum(not s.action_valid for s in steps),
-            sum(ep.env_return for ep in episodes), sum(ep.env_return**2 for ep in episodes), num_rows,
-            self._runner.env_errors, self._runner.prompt_overflows,
-        ])
-        n_ep, n_won, n_steps, n_invalid, r_sum, r_sq, n_rows, n_err, n_overflow = totals
-        mean_r = r_sum / max(n_ep, 1)
-        self._log(mode, "env/success_rate", n_won / max(n_ep, 1))
-        self._log(mode, "env/episode_length", n_steps / max(n_ep, 1))
-        self._log(mode, "env/invalid_action_rate", n_invalid / max(n_steps, 1))
-        self._log(mode, "env/rows", n_rows)
-        self._log(mode, "env/errors", n_err)
-        self._log(mode, "env/prompt_overflow", n_overflow)
-        self._log(mode, "reward", mean_r)
-        self._log(mode, "reward_std", math.sqrt(max(r_sq / max(n_ep, 1) - mean_r**2, 0.0)))
-        self._log(mode, "time/rollout", rollout_time)
-        per_type = gather_object([(ep.task_type or "all", float(ep.won)) for ep in episodes])
-        for task_type in sorted({t for t, _ in per_type}):
-            self._log(mode, f"env/success_rate/{task_type}", _mean([w for t, w in per_type if t == task_type]))
-
-    def _log_episode_rows(self, episodes: list[Episode], rows: list[tuple[int, int]],
-                          step_advs: list[list[float]]) -> None:
+    def _log_episode_rows(self, episodes: list[Episode], rows: StepRows, step_advantages: list[list[float]]) -> None:
         """Feed GRPO's completion table (one line per step sample)."""
-        prompts = [self._tokenizer.decode(episodes[e].prompt_ids[t]) for e, t in rows]
-        completions = [episodes[e].steps[t].response for e, t in rows]
+        prompts = [self._tokenizer.decode(episodes[e].prompt_ids[t]) for e, t in rows.locations]
+        completions = [episodes[e].steps[t].response for e, t in rows.locations]
         self._logs["prompt"].extend(gather_object(prompts))
         self._logs["completion"].extend(gather_object(completions))
         self._logs["rewards"][self.reward_func_names[0]].extend(
-            gather_object([episodes[e].env_return for e, _ in rows]))
-        self._logs["advantages"].extend(gather_object([step_advs[e][t] for e, t in rows]))
-
+            gather_object([episodes[e].env_return for e, _ in rows.locations]))
+        self._logs["advantages"].extend(gather_object([step_advantages[e][t] for e, t in rows.locations]))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:  # the protocol imports this module, so it is only named here
+    from .skill_extractors.protocol import SkillExtractor
 
 
 @dataclass
@@ -39,6 +42,10 @@ class Trajectory:
     outcome: float
     success: bool
     task_type: str | None = None
+    #: The environment's one-sentence description of a well-formed answer
+    #: (`AgentEnvironment.response_format`), so that format advice quotes the right tags;
+    #: ``None`` when unknown (extractors then assume the think/action format).
+    response_format: str | None = None
 
     def fill_discounted_returns(self, gamma: float) -> None:
         """G_t = r_t + gamma * G_{t+1}, written into each step."""
@@ -83,10 +90,7 @@ class EpisodeSkills:
         return EpisodeSkills(episode_skill=episode or None, step_skills=kept, error=self.error, meta=self.meta)
 
 
-class SkillExtractor(Protocol):
-    """Turns completed trajectories into skills, one entry (or ``None`` on failure) per trajectory."""
-
-    def __call__(self, trajectories: Sequence[Trajectory]) -> Sequence[EpisodeSkills | None]: ...
-
-
-SkillExtractorLike = SkillExtractor | Callable[[Sequence[Trajectory]], Sequence[EpisodeSkills | None]]
+#: What OPIDTrainer's ``skill_extractor`` argument accepts besides ``None``: a
+#: `opid_trl.skill_extractors.SkillExtractor`, a plain callable, or a registered name (see
+#: `opid_trl.skill_extractors.as_skill_extractor`).
+SkillExtractorLike = Union["SkillExtractor", Callable[[Sequence[Trajectory]], Sequence[Union[EpisodeSkills, None]]], str]

@@ -5,8 +5,8 @@ token (``logprobs=0``, engine started with ``logprobs_mode="processed_logprobs"`
 are after temperature, like the trainer's), and can score given tokens under another prompt
 (``prompt_logprobs``), which is how OPID's skill prompts are re-scored on the engine.
 
-Weights are synced at most once per optimizer step, when a session opens (a rollout, or the self
-analyzer), never per turn:
+Weights are synced at most once per optimizer step, when a session opens (a rollout, or the policy
+skill extractor), never per turn:
 
 - colocate: TRL's `VLLMGeneration.sync_weights` (per-tensor `load_weights`; ZeRO-3 / FSDP / PEFT
   handled by TRL), or on CPU engines the full reload of :mod:`opid_trl.vllm_cpu`;

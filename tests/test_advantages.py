@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from opid_trl import episode_step_advantages, outcome_advantages, skill_advantage
+from opid_trl.advantages import opid_advantages
 
 
 def approx(values, expected, tol=1e-4):
@@ -76,15 +77,26 @@ def test_skill_advantage_clip():
 
 
 def test_skill_advantage_normalize():
-    # values 0.5, -1.0: mean -0.25, unbiased std sqrt(1.125) = 1.06066
-    approx(skill_advantage(SKILL, OLD, MASK, normalize=True)[0].tolist(), [0.70711, -0.70711, 0.0])
+    # values 0.5, -1.0: mean -0.25, biased std 0.75 (as the reference) -> +-1
+    approx(skill_advantage(SKILL, OLD, MASK, normalize=True)[0].tolist(), [1.0, -1.0, 0.0])
+
+
+def test_skill_advantage_normalizes_before_clipping():
+    # the reference's order: z-scores +-1 first, then the clip at 0.6 applies to them. (Clipping
+    # first would give 0.5, -0.6, whose z-scores are +-1 again, left unbounded by the clip.)
+    approx(skill_advantage(SKILL, OLD, MASK, clip=0.6, normalize=True)[0].tolist(), [0.6, -0.6, 0.0])
 
 
 def test_skill_advantage_normalize_uses_reduced_statistics():
-    # another process holds the same two values: the statistics double but the z-scores are those of 4 values
+    # another process holds the same two values: the statistics double, the mean and std stay those of 4 values
     got = skill_advantage(SKILL, OLD, MASK, normalize=True, all_reduce_sum=lambda t: 2 * t)[0].tolist()
-    std = math.sqrt((2 * 0.75**2 * 2) / 3)
-    approx(got, [0.75 / std, -0.75 / std, 0.0])
+    approx(got, [1.0, -1.0, 0.0])
+
+
+def test_skill_advantage_constant_values_are_only_centred():
+    # every scored token shifts by the same 0.5: std 0 < 1e-6, so (A - mean) = 0, never a division by ~0
+    skill = OLD + 0.5
+    approx(skill_advantage(skill, OLD, MASK, normalize=True)[0].tolist(), [0.0, 0.0, 0.0])
 
 
 def test_skill_advantage_masks_non_finite_values():
@@ -92,5 +104,41 @@ def test_skill_advantage_masks_non_finite_values():
     approx(skill_advantage(skill, OLD, torch.tensor([[1, 1, 1]]))[0].tolist(), [0.0, -1.0, 0.0])
 
 
-def test_skill_advantage_single_token_normalize_is_zero():
+def test_skill_advantage_single_token_normalize_is_centred_to_zero():
     approx(skill_advantage(SKILL, OLD, torch.tensor([[1, 0, 0]]), normalize=True)[0].tolist(), [0.0, 0.0, 0.0])
+
+
+def test_failed_reset_episode_is_left_out_of_the_group():
+    # Episode 2 never started (no step): its 0 must not lower the group mean. Over [10, 0]:
+    # mean 5, unbiased std 5*sqrt(2) -> +-1/sqrt(2); with the 0 counted it would be (1.155, -0.577).
+    got = episode_step_advantages([10, 0, 0], [0, 0, 0], [[False], [False], []], 0.1, "mean_std_norm", "trajectory")
+    approx(got[0], [0.70711])
+    approx(got[1], [-0.70711])
+    assert got[2] == []
+
+
+def test_batch_std_norm_uses_the_batch_std():
+    # groups {1, 3} and {5, 9}: means 2 and 7; batch std of [1, 3, 5, 9] = sqrt(35/3) = 3.4157
+    got = outcome_advantages([1, 3, 5, 9], [0, 0, 1, 1], "batch_std_norm").tolist()
+    approx(got, [-1 / 3.41565, 1 / 3.41565, -2 / 3.41565, 2 / 3.41565])
+
+
+def test_opid_advantage_adds_each_kind_with_its_weight():
+    # Row 0 episode-routed, row 1 step-routed, row 2 routed to nothing; 2 tokens each, the last
+    # token of row 1 is padding. A_OPID = A_ep + lambda_k * (l_skill - l_old) on the routed tokens.
+    nan = float("nan")
+    old = torch.tensor([[-1.0, -2.0], [-1.0, -1.0], [-3.0, -3.0]])
+    episode = torch.tensor([[-0.5, -2.5], [nan, nan], [nan, nan]])
+    step = torch.tensor([[nan, nan], [-0.25, 9.0], [nan, nan]])
+    mask = torch.tensor([[1, 1], [1, 0], [1, 1]])
+    total, skill = opid_advantages(torch.tensor([1.0, -1.0, 0.5]), {"episode": episode, "step": step}, old, mask,
+                                   {"episode": 0.1, "step": 2.0})
+    assert torch.allclose(skill, torch.tensor([[0.05, -0.05], [1.5, 0.0], [0.0, 0.0]]))
+    assert torch.allclose(total, torch.tensor([[1.05, 0.95], [0.5, -1.0], [0.5, 0.5]]))
+
+
+def test_opid_advantage_additive_row_gets_both_shifts():
+    old = torch.tensor([[-1.0]])
+    total, _ = opid_advantages(torch.tensor([0.0]), {"episode": torch.tensor([[-0.5]]), "step": torch.tensor([[0.0]])},
+                               old, torch.ones(1, 1), {"episode": 1.0, "step": 1.0})
+    assert total.item() == pytest.approx(0.5 + 1.0)

@@ -52,3 +52,17 @@ def test_vllm_rollout_benchmark_smoke(tmp_path):
     assert len(set(steps.values())) == 1, steps
     assert summary["results"]["step"]["opid_vllm_scoring"]["skill_scoring_s"] > 0
     assert summary["ratios"]["opid_trainer_scoring_vs_grpo_step"] > 0
+
+
+@pytest.mark.slow
+def test_opid_overhead_benchmark_smoke(tmp_path):
+    output = tmp_path / "overhead.json"
+    stdout = run_script(["benchmarks/opid_overhead.py", "--steps", "1", "--workloads", "8x4", "--hidden-size", "32",
+                         "--layers", "2", "--output", str(output)])
+    result = json.loads(output.read_text())["workloads"]["8x4"]
+    assert "extra / forward" in stdout
+    assert 0 < result["rows"] <= 32  # 8 episodes x at most 4 turns
+    assert result["skill_forward_seconds"] > 0
+    assert result["opid"]["breakdown"]["time/skill_scoring"] > 0
+    assert result["grpo"]["breakdown"]["time/skill_scoring"] == 0  # GRPO steps run no skill pass
+    assert result["opid"]["breakdown"]["time/old_policy"] == 0  # aligned: l_old comes from the loss forward

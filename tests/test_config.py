@@ -42,7 +42,8 @@ def test_defaults_follow_the_reference():
     config = OPIDConfig(**BASE)
     assert config.skill_coef_episode == config.skill_coef_step == 1e-3
     assert config.skill_routing == "critical_first"
-    assert config.outcome_norm == "mean_std_norm" and config.outcome_grouping == "trajectory"
+    assert config.outcome_norm is None and config.episode_outcome_norm == "mean_std_norm"
+    assert config.outcome_grouping == "trajectory"
     assert config.invalid_action_penalty == 0.1 and config.analysis_gamma == 0.95
     assert config.max_step_skills == 5 and config.max_completion_length == 512
     assert config.loss_type == "dapo"  # token-mean aggregation, as in the reference
@@ -80,3 +81,18 @@ def test_use_vllm_without_vllm_names_the_field(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     with pytest.raises(ValueError, match="OPIDConfig.use_vllm: vLLM is not installed"):
         OPIDConfig(**BASE, use_vllm=True)
+
+
+@pytest.mark.parametrize("scale_rewards,norm", [("group", "mean_std_norm"), ("batch", "batch_std_norm"),
+                                                ("none", "mean_norm"), (False, "mean_norm")])
+def test_scale_rewards_sets_the_episode_outcome_norm(scale_rewards, norm):
+    assert OPIDConfig(**BASE, scale_rewards=scale_rewards).episode_outcome_norm == norm
+
+
+def test_explicit_outcome_norm_wins_over_the_default_scale_rewards():
+    assert OPIDConfig(**BASE, outcome_norm="mean_norm").episode_outcome_norm == "mean_norm"
+
+
+def test_contradicting_outcome_norm_and_scale_rewards_fail():
+    with pytest.raises(ValueError, match="OPIDConfig.outcome_norm.*scale_rewards"):
+        OPIDConfig(**BASE, outcome_norm="mean_std_norm", scale_rewards="none")

@@ -102,6 +102,42 @@ def test_malformed_and_random_actions_are_handled(train_games, env):
     assert sys.argv[0] != "translate.py"  # the PDDL translator's sys.argv hack is undone
 
 
+def test_reference_mode_sends_ill_formed_answers_to_the_game(train_games):
+    env = ALFWorldEnvironment(action_parsing="reference")
+    try:
+        env.reset({"game_file": train_games[2]["game_file"]})
+        target = next(a for a in env.admissible_actions if a.startswith("go to "))
+        result = env.step(f"<action>{target.upper()}</action>")  # no reasoning: invalid, but played
+        assert (result.action, result.action_valid, result.history_text) == (target, False, target)
+        assert result.info["admissible"] and result.observation != "Nothing happens."
+        tagless = "I am not sure what to do, maybe look"  # 36 characters: the last 30 are played
+        result = env.step(tagless)
+        assert (result.action, result.action_valid) == ("ot sure what to do, maybe look", False)
+        assert result.observation == "Nothing happens." and not result.info["admissible"]
+        assert result.history_text == result.action and not result.done
+    finally:
+        env.close()
+
+
+def test_tasks_follow_the_environment_data_root(train_games, tmp_path):
+    """``data_root`` in the environment kwargs picks the official games for the tasks as well."""
+    import environments
+
+    root = tmp_path / "data"
+    source = os.path.dirname(train_games[1]["game_file"])
+    shutil.copytree(source, root / "json_2.1.1/train/a-task/trial_1")
+    env_kwargs = {"data_root": str(root), "action_parsing": "strict"}
+    rows = environments.tasks("alfworld", split="train", num_tasks=1, env_kwargs=env_kwargs,
+                              cache_dir=str(tmp_path / "unused-cache"))
+    assert rows["game_file"] == [str(root / "json_2.1.1/train/a-task/trial_1/game.tw-pddl")]
+    assert not (tmp_path / "unused-cache").exists()  # nothing was generated
+    env = environments.make("alfworld", **env_kwargs)
+    try:
+        assert "Your task is to" in env.reset(rows[0]) and env.task_type == train_games[1]["task_type"]
+    finally:
+        env.close()
+
+
 def test_prompt_follows_the_reference_template(train_games, env):
     observation = env.reset({"game_file": train_games[0]["game_file"]})
     history = tuple(HistoryEntry(f"obs {i}", f"act {i}") for i in range(7))

@@ -26,6 +26,7 @@ from environments.search_qa import (
     load_searchr1_parquet,
     normalize_answer,
     parse_search_action,
+    parse_search_action_reference,
     play_oracle,
     search_qa_tasks,
     task_fields,
@@ -395,6 +396,82 @@ def test_max_turns_counts_invalid_answers(small_corpus, small_retriever):
     assert not env.step("no tags").done
     last = env.step("<think>x</think><search>something</search>")
     assert last.done and last.action_valid and not last.won
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("<search>q</search>", ("<search>q</search>", True)),  # no reasoning needed
+        ("<think>x</think><answer> New   York </answer>", ("<answer>New   York</answer>", True)),  # stripped only
+        ("<SEARCH> Q </SEARCH>", ("<search>Q</search>", True)),  # tags in any case, content case kept
+        ("<answer></answer>", ("<answer></answer>", True)),  # an empty answer is valid
+        ("<search>a</search><answer>b</answer>", ("<search>a</search>", False)),  # both: the search is played
+        ("<answer>x</answer> then <search>q</search>", ("<search>q</search>", False)),  # search first, wherever
+        ("<answer>a</answer><answer>b</answer>", ("<answer>a</answer>", False)),  # the first of two
+        ("<search>a</search><search>b</search>", ("<search>a</search>", False)),
+        ("</search><answer>a</answer>", ("", False)),  # cut after the first </search>: nothing left
+        ("<think>x</think><search>unclosed", ("", False)),
+        ("Paris", ("", False)),
+        ("", ("", False)),
+    ],
+)
+def test_parse_search_action_reference(text, expected):
+    assert parse_search_action_reference(text) == expected
+
+
+def test_reference_mode_plays_ill_formed_answers(small_corpus, small_retriever):
+    task = next(q for q in small_corpus.questions if q["data_source"] == "generated-1hop")
+    env = SearchQAEnvironment(retriever=small_retriever, max_turns=3, action_parsing="reference")
+    env.reset(task)
+    result = env.step("I do not know the tags")  # no block: an empty action, played as a no-op
+    assert (result.action, result.action_valid, result.history_text) == ("", False, "")
+    assert result.observation == "" and not result.done and result.info == {"em": 0.0, "action_type": "invalid"}
+    query = f"{task['subject']} {task['relations'][0]}"
+    result = env.step(f"<search>{query}</search><answer>a guess</answer>")  # both tags: invalid, search played
+    assert (result.action, result.action_valid) == (f"<search>{query}</search>", False)
+    assert result.observation.startswith("<information>") and result.info["action_type"] == "search"
+    assert result.history_text == result.action and not result.done
+    gold = task["golden_answers"][0]
+    result = env.step(f"<answer>{gold}</answer><answer>something else</answer>")  # two answers: the first counts
+    assert (result.action, result.action_valid) == (f"<answer>{gold}</answer>", False)
+    assert result.done and result.won and result.reward == 1.0 and result.info["em"] == 1.0
+
+
+def test_reference_mode_ends_at_max_turns(small_corpus, small_retriever):
+    env = SearchQAEnvironment(retriever=small_retriever, max_turns=2, action_parsing="reference")
+    env.reset(small_corpus.questions[0])
+    assert not env.step("no tags").done
+    assert env.step("still no tags").done
+
+
+def test_strict_mode_keeps_ill_formed_answers_from_the_retriever(small_corpus, small_retriever):
+    env = SearchQAEnvironment(retriever=small_retriever)
+    env.reset(small_corpus.questions[0])
+    result = env.step("<search>q</search><answer>a</answer>")
+    assert not result.action_valid and "Invalid response format" in result.observation
+    assert result.history_text == "<answer>a</answer>"  # the best-effort action, never played
+    assert env.step("plain words").history_text == "plain words"
+
+
+def test_tasks_come_from_the_world_the_environment_searches(small_corpus):
+    """The environment's kwargs select the world of the tasks: every gold passage is in its corpus."""
+    import environments
+
+    env_kwargs = {"corpus": "generated", "corpus_seed": 1, "corpus_kwargs": SMALL, "topk": 3}
+    rows = environments.tasks("search_qa", split="test", num_tasks=20, seed=0, env_kwargs=env_kwargs)
+    env = environments.make("search_qa", **env_kwargs)
+    ids = {p.id for p in env.retriever.passages}
+    assert ids == {p.id for p in small_corpus.passages}
+    assert all(set(row["gold_doc_ids"]) <= ids for row in rows)
+    assert {r["question"] for r in rows} <= {q["question"] for q in small_corpus.questions}
+    for i in range(5):
+        assert play_oracle(env, rows[i])[-1].won
+    with pytest.raises(ValueError, match="world_seed"):
+        environments.tasks("search_qa", num_tasks=2, env_kwargs=env_kwargs, world_seed=0)
+    with pytest.raises(ValueError, match="corpus"):
+        environments.tasks("search_qa", num_tasks=2, env_kwargs={"corpus": "wiki"})
+    with pytest.raises(ValueError, match="corpus_kwargs"):
+        SearchQAEnvironment(corpus="wiki", corpus_kwargs=SMALL)
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -232,6 +232,48 @@ def test_max_steps_counts_every_answer():
     assert env.step("garbage").done
 
 
+def test_reference_mode_plays_ill_formed_answers():
+    env = WebShopEnvironment(action_parsing="reference", **SMALL)
+    env.reset({"goal_index": 5})
+    result = env.step("<action>Search[vegan]</action>")  # no reasoning: flagged invalid, played anyway
+    assert (result.action, result.action_valid, result.history_text) == ("search[vegan]", False, "search[vegan]")
+    assert env.engine.page == "results" and result.info["admissible"] and env.steps == 1
+    result = env.step("<think>x</think><action>click[back to search]</action>")
+    assert result.action_valid and env.engine.page == "search"
+    # A tagless answer: its last 20 characters, lower-cased, go to the shop; here they form a search.
+    result = env.step("I will Search[vegan snacks]")
+    assert (result.action, result.action_valid) == ("search[vegan snacks]", False)
+    assert env.engine.page == "results" and env.engine.query == "vegan snacks"
+    result = env.step("I would like to search[vegan potato chips]")  # the tail cuts the verb off: a no-op
+    assert (result.action, result.history_text) == ("[vegan potato chips]", "[vegan potato chips]")
+    assert env.steps == 4 and not result.info["admissible"]
+
+
+def test_reference_mode_counts_each_answer_once():
+    env = WebShopEnvironment(max_steps=3, action_parsing="reference", **SMALL)
+    env.reset({"goal_index": 0})
+    assert not env.step("<action>search[tea]</action>").done
+    assert not env.step("garbage").done and env.steps == 2
+    assert env.step("garbage").done
+
+
+def test_task_rows_belong_to_the_world_of_the_environment_kwargs():
+    import environments
+
+    other = dict(SMALL, goal_seed=1)  # the same catalogue, other goals
+    rows = environments.tasks("webshop", split="test", num_tasks=10, seed=0, env_kwargs=other)
+    env = environments.make("webshop", **other)
+    for row in rows:
+        env.reset(row)
+        assert env.goal.asin == row["asin"] and env.task_description == env.world.goals[row["goal_index"]].instruction
+    assert rows["asin"] != webshop_tasks("test", num_tasks=10, seed=0, **SMALL)["asin"]
+    foreign = [row for row in webshop_tasks("test", num_tasks=10, seed=0, **SMALL)
+               if row["asin"] != env.world.goals[row["goal_index"]].asin]
+    assert foreign
+    with pytest.raises(ValueError, match="another world"):
+        env.reset(foreign[0])
+
+
 def test_partial_reward_option_pays_the_score(small_env):
     env = WebShopEnvironment(partial_reward=True, **SMALL)
     goal = env.world.goals[7]

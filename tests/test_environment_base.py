@@ -5,7 +5,12 @@ import random
 import pytest
 
 import environments
-from environments import FetchEnvironment, make_fetch_task, parse_think_action
+from environments import (
+    FetchEnvironment,
+    make_fetch_task,
+    parse_think_action,
+    parse_think_action_reference,
+)
 from environments.base import HistoryEntry, PromptView, render_history, window
 
 
@@ -102,3 +107,97 @@ def test_prompt_has_the_reference_layout():
     assert env.task_description in lines[0]
     assert "Action 1: 'go east'" in text and "You are now at step 2" in text
     assert any(line.startswith(env.instruction_anchor) for line in lines)
+
+
+# ------------------------------------------------------------------ action parsing modes
+
+LONG_TAGLESS = "I think the best move now is to Go East"  # 39 characters, no tags
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("<think>go</think><action>Go East</action>", ("go east", True)),
+        ("<action>go east</action>", ("go east", False)),  # no reasoning: invalid, action kept
+        ("<action>go east</action><think>late</think>", ("go east", True)),  # order is not checked
+        ("<think>x</think><action>a</action><action>b</action>", ("a", True)),  # first block, later ignored
+        ("<think>x</think><action>  </action>", ("", True)),  # an empty action is valid
+        ("<THINK>x</THINK><action>look</action>", ("look", False)),  # think tags are matched literally
+        ("<think>x</think><ACTION>Look</ACTION>", ("look", True)),  # action tags in any case
+        ("<think>x</think><action>look \u770b</action>", ("look \u770b", False)),  # a CJK ideograph
+        ("<think>x</think></action>look<action>", ("", True)),  # closing tag first: empty slice
+        ("go east", ("go east", False)),  # tagless: its (lower-cased) tail
+        (LONG_TAGLESS, ("he best move now is to go east", False)),  # its last 30 characters
+        ("<think>x</think><action>unclosed", ("hink>x</think><action>unclosed", False)),
+        ("", ("", False)),
+    ],
+)
+def test_parse_think_action_reference(text, expected):
+    assert parse_think_action_reference(text) == expected
+
+
+def test_reference_tail_length_is_a_parameter():
+    assert parse_think_action_reference(LONG_TAGLESS, tail_chars=20) == ("ve now is to go east", False)  # WebShop's
+
+
+def test_strict_mode_never_plays_an_ill_formed_answer():
+    env = FetchEnvironment()
+    first = env.reset({"seed": 5})  # room 0; "go east" is admissible
+    assert env.action_parsing == "strict"
+    result = env.step("<action>go east</action>")  # no reasoning
+    assert (result.action, result.action_valid) == ("go east", False)
+    assert "Invalid action" in result.observation and env._room == 0
+    assert result.history_text == "go east"  # the best-effort action
+    result = env.step("I will Go East")
+    assert (result.action, result.history_text) == (None, "I will Go East")  # the whole answer
+    assert env.step("<think>x</think><action>look</action>").observation == first
+    valid = env.step("<think>x</think><action>go east</action>")
+    assert valid.action_valid and valid.history_text == "go east" and env._room == 1
+
+
+def test_reference_mode_plays_ill_formed_answers_and_keeps_the_played_action():
+    env = environments.make("fetch", action_parsing="reference")
+    env.reset({"seed": 5})
+    result = env.step("<action>Go East</action>")  # no reasoning: flagged invalid, played anyway
+    assert (result.action, result.action_valid, result.history_text) == ("go east", False, "go east")
+    assert env._room == 1 and result.observation.startswith("You are in room 1")
+    result = env.step("Then I Go West")  # tagless: its tail goes to the engine
+    assert (result.action, result.action_valid, result.history_text) == ("then i go west", False, "then i go west")
+    assert result.observation == "Nothing happens." and env._room == 1
+    result = env.step("<think>x</think><action>go west</action><action>go east</action>")  # first block
+    assert result.action_valid and result.history_text == "go west" and env._room == 0
+
+
+def test_reference_mode_ill_formed_answers_still_count_towards_max_steps():
+    env = FetchEnvironment(action_parsing="reference")
+    env.reset({"seed": 1, "max_steps": 2})
+    assert not env.step("nonsense").done
+    assert env.step("more nonsense").done
+
+
+def test_every_environment_accepts_action_parsing():
+    from environments import (
+        ALFWorldEnvironment,
+        SearchQAEnvironment,
+        WebShopEnvironment,
+    )
+
+    builds = {"fetch": lambda m: FetchEnvironment(action_parsing=m),
+              "alfworld": lambda m: ALFWorldEnvironment(action_parsing=m),  # the engine starts at reset
+              "webshop": lambda m: WebShopEnvironment(num_products=300, test_size=50, action_parsing=m),
+              "search_qa": lambda m: SearchQAEnvironment(retriever=object(), action_parsing=m)}
+    assert set(builds) == set(environments.available())
+    for name, build in builds.items():
+        for mode in environments.ACTION_PARSING_MODES:
+            assert build(mode).action_parsing == mode, name
+        with pytest.raises(ValueError, match="action_parsing"):
+            build("loose")
+
+
+def test_task_builders_take_the_environment_kwargs():
+    rows = environments.tasks("fetch", num_tasks=3, seed=2, env_kwargs={"action_parsing": "reference"})
+    assert rows.to_list() == environments.tasks("fetch", num_tasks=3, seed=2).to_list()
+    with pytest.raises(TypeError, match="colour"):
+        environments.tasks("fetch", num_tasks=1, env_kwargs={"colour": "red"})
+    with pytest.raises(ValueError, match="max_rooms"):
+        environments.tasks("fetch", num_tasks=1, env_kwargs={"max_rooms": 4}, max_rooms=5)

@@ -83,9 +83,9 @@ def test_skill_window_controls_analysis(tiny_model_dir, tiny_tokenizer, tmp_path
     assert len(extractor.trajectories) == 4  # one batch of 4 episodes analysed
 
 
-class BrokenAnalyzer:
+class BrokenExtractor:
     def __call__(self, trajectories):
-        raise ConnectionError("analyzer endpoint unreachable")
+        raise ConnectionError("skill extractor endpoint unreachable")
 
 
 class HalfBroken:
@@ -93,7 +93,7 @@ class HalfBroken:
         return [EpisodeSkills("Go east.", {}) if i % 2 else "not json" for i, _ in enumerate(trajectories)]
 
 
-@pytest.mark.parametrize("extractor,failures", [(BrokenAnalyzer(), 4), (HalfBroken(), 2)])
+@pytest.mark.parametrize("extractor,failures", [(BrokenExtractor(), 4), (HalfBroken(), 2)])
 def test_analysis_failures_are_counted_not_fatal(tiny_model_dir, tiny_tokenizer, tmp_path, extractor, failures):
     trainer = OPIDTrainer(model=tiny_model_dir, args=tiny_config(tmp_path, beta=0.0), train_dataset=tasks(),
                           processing_class=tiny_tokenizer, environment="fetch", skill_extractor=extractor)
@@ -135,3 +135,26 @@ def test_environment_mode_rejects_reward_funcs(tiny_model_dir, tiny_tokenizer, t
     with pytest.raises(ValueError, match="unknown environment"):
         OPIDTrainer(model=tiny_model_dir, args=tiny_config(tmp_path), train_dataset=tasks(),
                     processing_class=tiny_tokenizer, environment="alfworld-typo")
+
+
+def test_single_turn_mode_rejects_episode_outcome_settings(tiny_model_dir, tiny_tokenizer, tmp_path):
+    # Without an environment GRPO's scale_rewards normalizes the rewards; outcome_norm would be ignored.
+    with pytest.raises(ValueError, match="outcome_norm.*scale_rewards"):
+        OPIDTrainer(model=tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                    args=tiny_config(tmp_path, outcome_norm="mean_norm"),
+                    train_dataset=Dataset.from_list([{"prompt": "Say hi."}] * 4), processing_class=tiny_tokenizer)
+
+
+def test_scale_rewards_normalizes_episode_outcomes(tiny_model_dir, tiny_tokenizer, tmp_path):
+    trainer = OPIDTrainer(model=tiny_model_dir, args=tiny_config(tmp_path, scale_rewards="none"),
+                          train_dataset=tasks(), processing_class=tiny_tokenizer, environment="fetch")
+    from opid_trl.rollout import Episode
+    from opid_trl.trajectory import StepRecord
+
+    episodes = []
+    for reward in (10.0, 0.0, 0.0, 2.0):
+        ep = Episode(env=None, task_row={}, group_id=0, trajectory_id="t")
+        ep.steps = [StepRecord(index=0, observation="", response="", reward=reward)]
+        episodes.append(ep)
+    # scale_rewards='none': R - group mean (mean 3), no division by the std
+    assert trainer._episode_outcome_advantages(episodes) == [[7.0], [-3.0], [-3.0], [-1.0]]

@@ -17,11 +17,13 @@ def test_fit_prompts_drops_oldest_history_first_and_keeps_task():
     def renderer(i):
         return lambda k: " ".join(["TASK"] + [f"h{j}" for j in range(5 - k, 5)] + ["OBS"] * (i + 1))
 
-    texts, ids, overflow = fit_prompts([renderer(0), renderer(3), renderer(20)], 4, 5, word_tokenize)
+    fitted = fit_prompts([renderer(0), renderer(3), renderer(20)], 4, 5, word_tokenize)
+    texts, ids = fitted.texts, fitted.token_ids
     assert texts[0] == "TASK h2 h3 h4 OBS"  # 3 history steps fit in 5 tokens
     assert texts[1] == "TASK OBS OBS OBS OBS"  # no history left
-    assert texts[2].startswith("TASK") and overflow == 1  # over budget even without history: kept whole, counted
+    assert texts[2].startswith("TASK") and fitted.overflow == 1  # over budget even without history: kept whole
     assert [len(row) for row in ids[:2]] == [5, 5]
+    assert fitted.windows == [3, 0, 0]  # the window each prompt was rendered with
 
 
 class ExpertBackend:
@@ -149,3 +151,28 @@ def test_asynchronous_episodes_give_the_same_rows():
 def test_asynchronous_episodes_need_a_thread_safe_backend():
     with pytest.raises(ValueError, match="async_episodes"):
         make_runner().run([make_fetch_task(0)], [0], ["0"], ValidBackend(), asynchronous=True)
+
+
+class AnswerBackend:
+    """Answers every prompt with the same text."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def session(self):
+        return contextlib.nullcontext()
+
+    def generate(self, prompt_ids):
+        return [list(self.text) for _ in prompt_ids]
+
+
+def test_history_shows_what_the_environment_says_was_played():
+    # reference parsing: a tagless answer is played as its last characters, and that is what the
+    # next prompt's history shows; strict parsing shows the stripped answer.
+    answer = "  I would rather walk east  "
+    for parsing, expected in (("reference", answer.lower()[-30:]), ("strict", answer.strip())):
+        runner = make_runner(factory=lambda: FetchEnvironment(action_parsing=parsing), max_turns=2)
+        (episode,) = runner.run([make_fetch_task(0)], [0], ["0"], AnswerBackend(answer))
+        assert not episode.steps[0].action_valid
+        assert episode.history[0].action == expected, parsing
+        assert episode.history_windows == [2, 2]

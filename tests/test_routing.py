@@ -92,3 +92,10 @@ def test_inject_both_keeps_both_places():
     assert out.index(EPISODE_SKILL_TITLE) == 1
     assert out.index(STEP_SKILL_TITLE) == out.index("Now it's your turn to take an action.") - 2
     assert inject(PROMPT, None, None, "x", "y") == PROMPT
+
+
+def test_without_step_skills_critical_steps_fall_back_to_the_episode_skill():
+    skills = EpisodeSkills("workflow", {1: "open it"})
+    routed = route_skills(skills, 3, "critical_first", use_step_skills=False)
+    assert [r.episode_skill for r in routed] == ["workflow"] * 3
+    assert all(r.step_skill is None for r in routed)

@@ -25,7 +25,7 @@ RUN_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
 
 @pytest.mark.parametrize("path", RUN_FILES, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_run_file_validates(path, monkeypatch, capsys):
-    monkeypatch.setenv("OPENAI_MODEL", "analyzer-under-test")
+    monkeypatch.setenv("OPENAI_MODEL", "skill-extractor-under-test")
     # GPU files ask for bf16; a CPU machine checks everything else.
     code = train.main(["--config", str(path), "--validate-only", "training.bf16=false", "training.report_to=[]",
                        "environment.train.num_tasks=2", "environment.eval.num_tasks=2"])
@@ -43,11 +43,61 @@ def test_reference_settings_reach_the_config(monkeypatch):
     assert not grpo.skills_enabled
 
 
+@pytest.mark.parametrize("environment", ["alfworld", "webshop", "search_qa"])
+def test_reference_dual_clip_is_trl_delta(environment):
+    """The reference's dual clip (c = 3) is TRL's ``delta``: the ratio is capped at 3 in the
+    unclipped branch, which binds only on negative-advantage tokens (delta > 1 + epsilon)."""
+    for path in sorted((ROOT / "configs" / environment).glob("[og]*_qwen*.yaml")):
+        args = build_training_args(load_run_config(path, ["training.bf16=false"]))
+        assert args.delta == 3.0 and args.epsilon == 0.2, path
+        assert args.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"), path  # the losses that read delta
+
+
+def test_tasks_are_built_with_the_environment_kwargs(tmp_path):
+    """A world-changing environment kwarg selects the tasks too: every row resets in that world."""
+    import environments
+    from opid_trl.run_config import build_tasks
+
+    world = {"num_products": 300, "test_size": 50, "goal_seed": 1}
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": "unused", "environment": {"name": "webshop", "kwargs": world,
+                                           "train": {"num_tasks": 6}, "eval": {"split": "test", "num_tasks": 4}}}))
+    run = load_run_config(path)
+    env = environments.make("webshop", **run.environment.kwargs)
+    for which, split in (("train", "train"), ("eval", "test")):
+        rows = build_tasks(run, which)
+        assert len(rows) == {"train": 6, "eval": 4}[which]
+        for row in rows:
+            env.reset(row)  # refuses a row of another world
+            assert row["split"] == split and env.goal.asin == row["asin"]
+    assert len(build_tasks(run, "train", num_tasks=2, seed=5)) == 2
+    conflicting = load_run_config(path, ["environment.eval.kwargs.goal_seed=2"])
+    with pytest.raises(ConfigError, match=r"environment\.eval\.kwargs\.goal_seed"):
+        build_tasks(conflicting, "eval")
+
+
+def test_evaluate_draws_tasks_with_the_environment_kwargs(monkeypatch, tmp_path):
+    import environments
+
+    seen = {}
+
+    def fake_tasks(name, split="train", num_tasks=None, seed=0, env_kwargs=None, **kwargs):
+        seen.update(name=name, env_kwargs=env_kwargs, kwargs=kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(environments, "tasks", fake_tasks)
+    code = evaluate.main(["--model", "unused", "--environment", "fetch", "--env-kwargs",
+                          '{"action_parsing": "reference"}', "--no-progress"])
+    assert code == 2 and seen == {"name": "fetch", "env_kwargs": {"action_parsing": "reference"}, "kwargs": {}}
+    assert evaluate.main(["--model", "unused", "--environment", "fetch", "--env-kwargs", '{"action_parsing": 1}']) == 2
+
+
 @pytest.mark.parametrize("override,field", [
     ("training.learning_rat=1", "training.learning_rat"),
     ("training.skill_routing=random", "OPIDConfig.skill_routing"),
     ("environment.name=nowhere", "environment.name"),
-    ("analyzer.name=oracle", "analyzer.name"),
+    ("skill_extractor.name=oracle", "skill_extractor.name"),
     ("environment.colour=red", "environment.colour"),
     ("optimizer.lr=1", "optimizer"),
 ])
@@ -61,7 +111,7 @@ def tiny_run_file(tmp_path: Path, model_dir: str, **training) -> Path:
     config = {
         "model": model_dir,
         "environment": {"name": "fetch", "train": {"num_tasks": 32}, "eval": {"split": "test", "num_tasks": 2}},
-        "analyzer": {"name": "rule_based"},
+        "skill_extractor": {"name": "rule_based"},
         "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 4,
                      "per_device_eval_batch_size": 2, "num_generations": 2, "num_generations_eval": 1,
                      "max_turns": 3, "max_completion_length": 8, "max_prompt_length": 512,

@@ -72,8 +72,7 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
         completions = [ep.completion_ids[t] for ep, t in rows]
         skill = "Walk east until the target is here, then take it."
         skill_prompts = trainer._tokenize_texts([
-            inject(ep.env.render_prompt(ep.views[t], trainer.history_length), skill, None,
-                   task=ep.views[t].task, anchor=trainer.instruction_anchor) for ep, t in rows])
+            ep.skill_prompt(t, skill, None) for ep, t in rows])
         engine_skill = backend.score(skill_prompts, completions)
         engine_old = backend.score(prompts, completions)
     completion_ids, completion_mask = trainer._pad(completions, "right")

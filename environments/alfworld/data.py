@@ -9,14 +9,13 @@ and reuse it; asking for more games later only generates the new ones.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
+
+from filelock import FileLock
 
 from .scenes import SPLIT_DIRS
 
@@ -67,15 +66,10 @@ def official_game_files(split: str = "train", data_root: str | None = None) -> l
     return sorted(games)
 
 
-@contextmanager
-def _locked(directory: str) -> Iterator[None]:
+def _lock(directory: str) -> FileLock:
+    """The inter-process lock of a generated set (``<directory>/.lock``), creating the directory."""
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return FileLock(os.path.join(directory, ".lock"))
 
 
 def cache_root(cache_dir: str, split: str, seed: int) -> str:
@@ -105,7 +99,7 @@ def generate_into(root: str, split: str, num_games: int, seed: int = 0, log_ever
     path = manifest_path(root, split, seed)
     records = _read_manifest(path)
     if len(records) < num_games:
-        with _locked(root):
+        with _lock(root):
             records = _read_manifest(path)  # another process may have generated them meanwhile
             if len(records) < num_games:
                 new = generate.generate_games(root, split, range(len(records), num_games), seed, log_every=log_every,
@@ -158,8 +152,9 @@ def task_rows(split: str = "train", num_games: int | None = None, seed: int = 0,
     return [{"game_file": r["game_file"], "task_type": r["task_type"]} for r in records]
 
 
-#: Constructor arguments of ALFWorldEnvironment that a task builder may be handed and ignores.
-_ENVIRONMENT_ONLY = {"success_reward"}
+#: Constructor arguments of ALFWorldEnvironment that a task builder may be handed and ignores
+#: (``data_root``, the other one, selects the games and is used by both).
+_ENVIRONMENT_ONLY = {"success_reward", "action_parsing"}
 
 
 def alfworld_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, *,
@@ -167,7 +162,9 @@ def alfworld_tasks(split: str = "train", num_tasks: int | None = None, seed: int
                    **env_kwargs: Any):
     """A ``datasets.Dataset`` of task rows (see :func:`task_rows`): the registry's task builder.
 
-    ``env_kwargs`` may repeat the environment's constructor arguments; they are ignored.
+    ``env_kwargs`` may repeat the environment's constructor arguments, so that the environment's
+    kwargs can be handed over as they are: ``data_root`` picks the official games as it does for
+    the environment, the others do not change the games and are ignored.
     """
     from datasets import Dataset
 

@@ -28,15 +28,16 @@ import copy
 import os
 import sys
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
+from cachetools import LRUCache
+
 _LOCK = threading.Lock()
 ENGINE_LOCK = threading.RLock()
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()
 TRANSLATION_CACHE_SIZE = 64
+_CACHE: LRUCache[tuple, Any] = LRUCache(TRANSLATION_CACHE_SIZE)
 _installed = False
 
 
@@ -45,7 +46,6 @@ def _cached_translation(original):
         key = (domain, problem, bool(optimize))
         with _LOCK:
             if key in _CACHE:
-                _CACHE.move_to_end(key)
                 return _CACHE[key]
             argv = list(sys.argv)
             try:
@@ -53,8 +53,6 @@ def _cached_translation(original):
             finally:
                 sys.argv[:] = argv
             _CACHE[key] = result
-            while len(_CACHE) > TRANSLATION_CACHE_SIZE:
-                _CACHE.popitem(last=False)
             return result
 
     return pddl2sas

@@ -36,14 +36,19 @@ class ALFWorldEnvironment(AgentEnvironment):
 
     Args:
         success_reward: reward of the winning step (10 in the reference).
-        data_root: directory that relative ``game_file`` paths are resolved against.
+        data_root: directory that relative ``game_file`` paths are resolved against; the task
+            builder lists the official games under it, so give it to both.
+        action_parsing: "strict" (default) or "reference" (see ``environments.base``): in
+            "reference" mode an ill-formed answer's action, or the last 30 characters of a tagless
+            one, is still sent to the game (usually "Nothing happens.").
     """
 
     default_history_length = 5
     default_max_turns = 30
 
-    def __init__(self, success_reward: float = 10.0, data_root: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, success_reward: float = 10.0, data_root: str | None = None,
+                 action_parsing: str = "strict") -> None:
+        super().__init__(action_parsing)
         self.success_reward = float(success_reward)
         self.data_root = data_root
         self.game_file: str | None = None

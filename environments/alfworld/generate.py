@@ -235,7 +235,10 @@ def generate_games(out_root: str, split: str, indices: Sequence[int], seed: int,
 
     ``workers > 1`` spreads them over spawned processes (each game depends only on its index, so
     the result is the same); the planner and the PDDL translation are single-threaded.
+    ``log_every > 0`` shows a progress bar (on stderr) refreshed at least every ``log_every`` games.
     """
+    from tqdm.auto import tqdm
+
     from .engine import Engine
 
     if split not in SPLIT_DIRS:
@@ -247,21 +250,18 @@ def generate_games(out_root: str, split: str, indices: Sequence[int], seed: int,
         size = max(1, min(25, len(indices) // (4 * workers)))
         jobs = [(out_root, split, indices[i:i + size], seed) for i in range(0, len(indices), size)]
         records: list[GameRecord] = []
-        start = time.perf_counter()
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool, \
+                tqdm(total=len(indices), desc=f"{split} games", unit="game", disable=not log_every) as bar:
             for chunk in pool.imap_unordered(_generate_chunk, jobs):
                 records += chunk
-                if log_every:
-                    print(f"{len(records)}/{len(indices)} games, {time.perf_counter() - start:.0f} s", flush=True)
+                bar.update(len(chunk))
         return sorted(records, key=lambda r: r.index)
     engine, planner = Engine(), Engine()
     records = []
-    start = time.perf_counter()
     try:
-        for n, index in enumerate(indices, 1):
+        for index in tqdm(indices, desc=f"{split} games", unit="game", disable=not log_every,
+                          miniters=max(1, log_every)):
             records.append(generate_game(out_root, split, seed, index, engine, planner))
-            if log_every and n % log_every == 0:
-                print(f"{n}/{len(indices)} games, {(time.perf_counter() - start) / n:.2f} s/game", flush=True)
     finally:
         engine.close()
         planner.close()

@@ -4,7 +4,12 @@ oracle policy. Register with
 ``environments.register("search_qa", SearchQAEnvironment, tasks=search_qa_tasks)``.
 """
 
-from .env import ADMISSIBLE_ACTIONS, SearchQAEnvironment, parse_search_action
+from .env import (
+    ADMISSIBLE_ACTIONS,
+    SearchQAEnvironment,
+    parse_search_action,
+    parse_search_action_reference,
+)
 from .generated import GeneratedCorpus, extract_fact, generate_corpus
 from .loaders import (
     build_generated_dataset,
@@ -40,6 +45,7 @@ __all__ = [
     "load_searchr1_parquet",
     "normalize_answer",
     "parse_search_action",
+    "parse_search_action_reference",
     "play_oracle",
     "search_qa_tasks",
     "shared_bm25",

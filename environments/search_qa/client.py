@@ -8,7 +8,7 @@ The contract (Search-R1's ``retrieval_server.py``, which our :mod:`server` also 
 Without ``return_scores`` the inner items are the bare document objects. A retriever server is a
 shared, remote dependency of a long training run: requests carry a timeout, transient failures
 (connection errors, timeouts, HTTP 5xx and 429) are retried with exponential backoff, and a batch
-larger than ``max_batch_size`` is split into several requests. Only the standard library is used.
+larger than ``max_batch_size`` is split into several requests. HTTP uses the standard library only.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from cachetools import LRUCache
 
 from .passages import Hit, Passage
 from .retriever import RetrieverError
@@ -84,7 +85,8 @@ class RetrieverClient:
         self.return_scores = return_scores
         self.cache_size = cache_size
         self._sleep = sleep
-        self._cache: OrderedDict[tuple[str, int], list[Hit]] = OrderedDict()
+        # cachetools' LRU is not thread-safe on its own: every access holds self._lock.
+        self._cache: LRUCache[tuple[str, int], list[Hit]] | None = LRUCache(cache_size) if cache_size > 0 else None
         self._lock = threading.Lock()
         #: Number of HTTP requests sent and of retries, for logging and tests.
         self.requests = 0
@@ -97,9 +99,8 @@ class RetrieverClient:
         missing: list[int] = []
         with self._lock:
             for i, query in enumerate(queries):
-                cached = self._cache.get((query, topk))
+                cached = self._cache.get((query, topk)) if self._cache is not None else None
                 if cached is not None:
-                    self._cache.move_to_end((query, topk))
                     results[i] = cached
                 else:
                     missing.append(i)
@@ -108,12 +109,10 @@ class RetrieverClient:
         for start in range(0, len(unique), self.max_batch_size):
             batch = unique[start:start + self.max_batch_size]
             fetched.update(zip(batch, self._request(batch, topk)))
-        with self._lock:
-            for query, hits in fetched.items():
-                if self.cache_size > 0:
+        if self._cache is not None:
+            with self._lock:
+                for query, hits in fetched.items():
                     self._cache[(query, topk)] = hits
-                    if len(self._cache) > self.cache_size:
-                        self._cache.popitem(last=False)
         for i in missing:
             results[i] = fetched[queries[i]]
         return [r if r is not None else [] for r in results]

@@ -5,6 +5,10 @@ Each turn the model reasons in ``<think>...</think>`` and then either searches,
 or answers, ``<answer>...</answer>``, which ends the episode with reward 1 for an exact match
 (after answer normalisation) with any gold answer and 0 otherwise. An episode also ends after
 ``max_turns`` answers (4 in the reference), ill-formed ones included, so a model cannot stall.
+
+``action_parsing="strict"`` (the default) also requires the reasoning block and never plays an
+ill-formed answer; ``"reference"`` follows the reference projection (no reasoning required, the
+first search or else the first answer block is played even when the answer is flagged invalid).
 """
 
 from __future__ import annotations
@@ -35,17 +39,22 @@ SEARCH_FORMAT_INSTRUCTIONS = (
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 _BLOCK = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 _OPEN_TAG = re.compile(r"</?(search|answer)>", re.IGNORECASE)
+_SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", re.DOTALL | re.IGNORECASE)
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_SEARCH_OPEN = re.compile(r"<search>", re.IGNORECASE)
+_ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
 
 
 def parse_search_action(text: str) -> tuple[str | None, bool]:
-    """Project a raw answer onto ``<search>q</search>`` or ``<answer>a</answer>``.
+    """Project a raw answer onto ``<search>q</search>`` or ``<answer>a</answer>`` ("strict" mode).
 
-    Valid iff there is a ``<think>`` block and, after it, exactly one complete ``search`` or
-    ``answer`` block with non-empty content and no other search/answer tag (a response that both
-    searches and answers is ambiguous: the prompt asks for one action). Tags quoted inside the
-    reasoning are part of the reasoning and ignored; tags before it make the response invalid. The
-    content keeps its case (queries and answers are not case-folded) with whitespace collapsed. For
-    an ill-formed response the last block found, if any, is still returned for the logs.
+    Stricter than the reference (:func:`parse_search_action_reference`). Valid iff there is a
+    ``<think>`` block and, after it, exactly one complete ``search`` or ``answer`` block with
+    non-empty content and no other search/answer tag (a response that both searches and answers is
+    ambiguous: the prompt asks for one action). Tags quoted inside the reasoning are part of the
+    reasoning and ignored; tags before it make the response invalid. The content keeps its case
+    (queries and answers are not case-folded) with whitespace collapsed. For an ill-formed response
+    the last block found, if any, is still returned for the logs, and never played.
     """
     blocks = list(_BLOCK.finditer(text))
     if not blocks:
@@ -62,6 +71,33 @@ def parse_search_action(text: str) -> tuple[str | None, bool]:
     return action, valid
 
 
+def parse_search_action_reference(text: str) -> tuple[str, bool]:
+    """Project a raw answer the way the reference Search projection does ("reference" mode).
+
+    The text is first cut after the first literal ``</search>`` (else after the first ``</answer>``);
+    the action is then its first ``<search>...</search>`` block, else its first
+    ``<answer>...</answer>`` block (tags in any case), content stripped but case kept, re-wrapped in
+    lower-case tags; ``""`` when there is neither. No reasoning block is required. The answer is
+    invalid when no block was found, when the whole text opens both a search and an answer tag, or
+    opens either of them more than once; the action is played all the same.
+    """
+    if "</search>" in text:
+        trimmed = text.split("</search>", 1)[0] + "</search>"
+    elif "</answer>" in text:
+        trimmed = text.split("</answer>", 1)[0] + "</answer>"
+    else:
+        trimmed = text
+    match = _SEARCH_BLOCK.search(trimmed)
+    if match:
+        action = f"<search>{match.group(1).strip()}</search>"
+    else:
+        match = _ANSWER_BLOCK.search(trimmed)
+        action = f"<answer>{match.group(1).strip()}</answer>" if match else ""
+    searches, answers = len(_SEARCH_OPEN.findall(text)), len(_ANSWER_OPEN.findall(text))
+    valid = bool(action) and not (searches and answers) and searches <= 1 and answers <= 1
+    return action, valid
+
+
 class SearchQAEnvironment(AgentEnvironment):
     """Search-R1-style QA over a retriever.
 
@@ -71,6 +107,10 @@ class SearchQAEnvironment(AgentEnvironment):
     path). Task rows for the generated corpus come from
     :func:`~environments.search_qa.loaders.search_qa_tasks` (world 0, the default) or
     :func:`~environments.search_qa.loaders.build_generated_dataset` (pass ``corpus_seed`` = its world).
+    ``corpus_kwargs`` are the generated world's sizes (see
+    :func:`~environments.search_qa.generated.generate_corpus`); the task builder takes the same
+    ``corpus``/``corpus_seed``/``corpus_kwargs``, so the environment's kwargs can be handed to both.
+    ``action_parsing`` is "strict" (default) or "reference" (see the module docstring).
 
     ``info`` of every step has ``em`` (1.0/0.0 on an answer, 0.0 otherwise) and ``action_type``
     (search, answer or invalid); searches add ``query``, ``num_passages`` and ``passage_ids``. The
@@ -83,8 +123,11 @@ class SearchQAEnvironment(AgentEnvironment):
 
     def __init__(self, retriever: Retriever | None = None, retriever_url: str | None = None,
                  corpus: str = "generated", corpus_seed: int = 0, topk: int = 3, max_turns: int | None = 4,
-                 request_timeout: float = 10.0, max_retries: int = 3) -> None:
-        super().__init__()
+                 request_timeout: float = 10.0, max_retries: int = 3,
+                 corpus_kwargs: Mapping[str, Any] | None = None, action_parsing: str = "strict") -> None:
+        super().__init__(action_parsing)
+        if corpus_kwargs and corpus != "generated":
+            raise ValueError(f"corpus_kwargs: only the generated corpus takes sizes, not corpus {corpus!r}")
         if topk < 1:
             raise ValueError("topk must be >= 1")
         if max_turns is not None and max_turns < 1:
@@ -95,6 +138,7 @@ class SearchQAEnvironment(AgentEnvironment):
             retriever = shared_client(retriever_url, timeout=request_timeout, max_retries=max_retries)
         self._retriever = retriever
         self._corpus, self._corpus_seed = corpus, corpus_seed
+        self._corpus_kwargs = dict(corpus_kwargs or {})
         self.topk = topk
         self.max_turns = max_turns
         self.question = ""
@@ -108,7 +152,7 @@ class SearchQAEnvironment(AgentEnvironment):
     def retriever(self) -> Retriever:
         """Resolved on first use, so that building the environment (the trainer probes one) is cheap."""
         if self._retriever is None:
-            self._retriever = shared_bm25(self._corpus, self._corpus_seed)
+            self._retriever = shared_bm25(self._corpus, self._corpus_seed, self._corpus_kwargs)
         return self._retriever
 
     def reset(self, task: Mapping[str, Any]) -> str:
@@ -121,7 +165,14 @@ class SearchQAEnvironment(AgentEnvironment):
         self._trace = []
         return FIRST_OBSERVATION
 
+    @property
+    def response_format(self) -> str:
+        return ("Reason inside <think> </think>, then either search with <search> query </search> or answer with "
+                "<answer> answer </answer>, exactly one of them.")
+
     def parse_action(self, text: str) -> tuple[str | None, bool]:
+        if self.action_parsing == "reference":
+            return parse_search_action_reference(text)
         return parse_search_action(text)
 
     def invalid_action_feedback(self) -> str:
@@ -129,8 +180,12 @@ class SearchQAEnvironment(AgentEnvironment):
                 "<search> query </search> or answer with <answer> answer </answer>, only one of them.")
 
     def execute(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        if action == "" and self.action_parsing == "reference":
+            # The reference plays an answer with no block as an empty action: no search, no answer,
+            # an empty observation.
+            return "", 0.0, self._out_of_turns(), False, {"em": 0.0, "action_type": "invalid"}
         block = _BLOCK.fullmatch(action)
-        if block is None:  # execute() is only reached with parse_search_action's output
+        if block is None:  # execute() is only reached with a parse_search_action* output
             raise ValueError(f"not a search/answer action: {action!r}")
         kind, content = block.group(1).lower(), block.group(2)
         if kind == "answer":
@@ -153,7 +208,7 @@ class SearchQAEnvironment(AgentEnvironment):
         result = super().step(text)
         if not result.action_valid and self._out_of_turns():
             result.done = True
-        if not result.action_valid:
+        if not self.executes(result.action, result.action_valid):
             result.info = {"em": 0.0, "action_type": "invalid"}
         self.done = result.done
         return result

@@ -20,13 +20,16 @@ from .passages import Passage
 CORPUS_NAMES = ("generated", "wiki")
 
 
-def load_passages(spec: str, seed: int = 0) -> list[Passage]:
-    """Passages of a corpus spec: ``"generated"`` (seeded synthetic corpus, default sizes),
-    ``"wiki"`` (gensim's shortened Wikipedia dump, needs gensim), or a path to a JSONL corpus."""
+def load_passages(spec: str, seed: int = 0, corpus_kwargs: Mapping[str, Any] | None = None) -> list[Passage]:
+    """Passages of a corpus spec: ``"generated"`` (seeded synthetic corpus; ``corpus_kwargs`` are
+    :func:`~.generated.generate_corpus`'s sizes), ``"wiki"`` (gensim's shortened Wikipedia dump,
+    needs gensim), or a path to a JSONL corpus."""
+    if corpus_kwargs and spec != "generated":
+        raise ValueError(f"corpus_kwargs: only the generated corpus takes sizes, not corpus {spec!r}")
     if spec == "generated":
         from .generated import generate_corpus
 
-        return list(generate_corpus(seed).passages)
+        return list(generate_corpus(seed, **dict(corpus_kwargs or {})).passages)
     if spec == "wiki":
         from .wiki import load_wiki_passages
 
@@ -167,19 +170,41 @@ def build_generated_dataset(seed: int = 0, num_train: int = 2000, num_test: int 
                        test=Dataset.from_list(_draw(pools["test"], num_test, two_hop_fraction, seed, "test")))
 
 
-def search_qa_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, world_seed: int = 0,
-                    two_hop_fraction: float = 0.5, corpus_kwargs: Mapping[str, Any] | None = None):
+#: Constructor arguments of SearchQAEnvironment that do not change which world is searched.
+_ENVIRONMENT_ONLY = ("retriever", "retriever_url", "topk", "max_turns", "request_timeout", "max_retries",
+                     "action_parsing")
+
+
+def search_qa_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, world_seed: int | None = None,
+                    two_hop_fraction: float = 0.5, corpus_kwargs: Mapping[str, Any] | None = None, *,
+                    corpus: str = "generated", corpus_seed: int | None = None, **env_kwargs: Any):
     """Task builder for the registry (``environments.tasks("search_qa", split, num_tasks, seed)``).
 
-    Questions of the generated world ``world_seed`` (0: the world the environment searches by
-    default); ``seed`` only changes which questions are drawn. ``split`` is "train" or
-    "test"/"eval"; ``num_tasks`` defaults to 2000 for train and 500 otherwise.
+    Questions of the generated world ``world_seed`` with ``corpus_kwargs`` sizes; ``seed`` only
+    changes which questions are drawn. ``split`` is "train" or "test"/"eval"; ``num_tasks``
+    defaults to 2000 for train and 500 otherwise.
+
+    The environment's constructor arguments may be passed too, so that its kwargs can be handed
+    over as they are: ``corpus_seed`` is the world it searches (the default ``world_seed``; a
+    different ``world_seed`` is an error), ``corpus`` must be "generated" (other corpora need a
+    dataset of their own questions, e.g. :func:`load_searchr1_parquet`), and the others do not
+    change the world and are ignored. With ``retriever_url`` the server must serve that world.
     """
     from datasets import Dataset
 
+    unknown = sorted(set(env_kwargs) - set(_ENVIRONMENT_ONLY))
+    if unknown:
+        raise TypeError(f"search_qa_tasks: unexpected arguments {unknown}")
+    if corpus != "generated":
+        raise ValueError(f"corpus: questions can only be drawn from the generated corpus, not {corpus!r}; "
+                         "give a dataset of that corpus' questions instead (e.g. load_searchr1_parquet)")
+    if world_seed is not None and corpus_seed is not None and world_seed != corpus_seed:
+        raise ValueError(f"world_seed: {world_seed} differs from the environment's corpus_seed {corpus_seed}; "
+                         "the questions would not be in the corpus the environment searches")
+    world = world_seed if world_seed is not None else corpus_seed if corpus_seed is not None else 0
     name = {"train": "train", "test": "test", "eval": "test"}.get(split)
     if name is None:
         raise ValueError(f"search_qa: unknown split {split!r}; choose train, test or eval")
     count = num_tasks or (2000 if name == "train" else 500)
-    return Dataset.from_list(_draw(generated_pools(world_seed, corpus_kwargs)[name], count, two_hop_fraction,
+    return Dataset.from_list(_draw(generated_pools(world, corpus_kwargs)[name], count, two_hop_fraction,
                                    seed, name))

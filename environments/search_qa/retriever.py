@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .passages import Hit, Passage
 
@@ -100,7 +100,8 @@ _SHARED: dict[tuple, BM25Retriever] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_bm25(corpus: str = "generated", seed: int = 0) -> BM25Retriever:
+def shared_bm25(corpus: str = "generated", seed: int = 0, corpus_kwargs: Mapping[str, Any] | None = None
+                ) -> BM25Retriever:
     """The process-wide BM25 retriever of a corpus spec (see :func:`loaders.load_passages`).
 
     A training batch creates one environment per episode (hundreds); they must share one index
@@ -108,8 +109,8 @@ def shared_bm25(corpus: str = "generated", seed: int = 0) -> BM25Retriever:
     """
     from .loaders import load_passages
 
-    key = (corpus, seed)
+    key = (corpus, seed, tuple(sorted((corpus_kwargs or {}).items())))
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = BM25Retriever(load_passages(corpus, seed=seed))
+            _SHARED[key] = BM25Retriever(load_passages(corpus, seed=seed, corpus_kwargs=corpus_kwargs))
         return _SHARED[key]

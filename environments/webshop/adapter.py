@@ -48,10 +48,13 @@ class RealWebShopEnvironment(AgentEnvironment):
 
     default_history_length = 2
     default_max_turns = 15
+    reference_tail_chars = 20  # the reference WebShop projection plays the last 20 characters
 
-    def __init__(self, observation_mode: str = "text", success_reward: float = 10.0, **env_kwargs: Any) -> None:
-        """``env_kwargs`` go to ``WebAgentTextEnv`` (e.g. ``num_products``, ``human_goals``)."""
-        super().__init__()
+    def __init__(self, observation_mode: str = "text", success_reward: float = 10.0, action_parsing: str = "strict",
+                 **env_kwargs: Any) -> None:
+        """``env_kwargs`` go to ``WebAgentTextEnv`` (e.g. ``num_products``, ``human_goals``);
+        ``action_parsing`` is "strict" or "reference" (see ``environments.base``)."""
+        super().__init__(action_parsing)
         text_env = _import_text_env()
         self._env = text_env(observation_mode=observation_mode, **env_kwargs)
         self.success_reward = success_reward

@@ -27,13 +27,15 @@ def render_webshop_prompt(view: PromptView, history_length: int) -> str:
 class WebShopEnvironment(AgentEnvironment):
     """Shop for the product an instruction describes in a seeded synthetic WebShop.
 
-    Task rows are ``{"goal_index": i, "split": "train" | "test"}`` (see :func:`webshop_tasks`);
+    Task rows are ``{"goal_index": i, "split": "train" | "test", "asin": target}`` (see
+    :func:`webshop_tasks`; ``split`` and ``asin`` are optional checks);
     the world (catalogue, index, goals) is fixed by the constructor arguments and shared by every
     instance with the same arguments in the process.
     """
 
     default_history_length = 2
     default_max_turns = 15
+    reference_tail_chars = 20  # the reference WebShop projection plays the last 20 characters
 
     def __init__(
         self,
@@ -48,11 +50,13 @@ class WebShopEnvironment(AgentEnvironment):
         success_reward: float = 10.0,
         partial_reward: bool = False,
         show_instruction: bool = False,
+        action_parsing: str = "strict",
     ) -> None:
         """``partial_reward`` pays ``success_reward * score`` for any purchase (a denser variant of
         the spec's success-only reward); ``show_instruction`` repeats the instruction on every page
-        as WebShop's raw observation does (off: the task is already in the prompt)."""
-        super().__init__()
+        as WebShop's raw observation does (off: the task is already in the prompt);
+        ``action_parsing`` is "strict" or "reference" (see ``environments.base``)."""
+        super().__init__(action_parsing)
         self.world: ShopWorld = get_world(num_products, catalogue_seed, num_goals, test_size, goal_seed)
         self.results_per_page = results_per_page
         self.max_results = max_results
@@ -72,6 +76,10 @@ class WebShopEnvironment(AgentEnvironment):
         split = task.get("split")
         if split is not None and split != goal.split:
             raise ValueError(f"goal {index} belongs to the {goal.split!r} split, not {split!r}")
+        expected = task.get("asin")
+        if expected is not None and expected != goal.asin:
+            raise ValueError(f"goal {index} of this world is product {goal.asin}, the task row expects {expected}: "
+                             "the rows were built for another world (give the task builder the environment's kwargs)")
         self.goal = goal
         self.engine = ShopEngine(self.world, goal, self.results_per_page, self.max_results, self.show_instruction)
         self.steps = 0
@@ -83,7 +91,6 @@ class WebShopEnvironment(AgentEnvironment):
     def execute(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self.engine is None:
             raise RuntimeError("reset() must be called before step()")
-        self.steps += 1
         finished_before = self.engine.page == DONE
         observation, done, info = self.engine.step(action)
         purchase = None if finished_before else self.engine.purchase  # pay a purchase once
@@ -107,10 +114,11 @@ class WebShopEnvironment(AgentEnvironment):
         return self.max_steps is not None and self.steps >= self.max_steps
 
     def step(self, text: str) -> StepResult:
-        """Ill-formed answers count towards ``max_steps`` too (they leave the page unchanged)."""
+        """Every answer counts towards ``max_steps``, ill-formed ones too (in "strict" mode they
+        leave the page unchanged; in "reference" mode their action is played like any other)."""
+        self.steps += 1
         result = super().step(text)
-        if not result.action_valid:
-            self.steps += 1
+        if not self.executes(result.action, result.action_valid):
             if self._out_of_steps():
                 result.done = True
             result.info = {"score": 0.0, "won": False, "admissible": False,
@@ -153,12 +161,14 @@ class WebShopEnvironment(AgentEnvironment):
 
 
 _ENVIRONMENT_ONLY = ("results_per_page", "max_results", "max_steps", "success_reward", "partial_reward",
-                     "show_instruction")
+                     "show_instruction", "action_parsing")
 _SPLITS = {"train": "train", "test": "test", "eval": "test", "validation": "test"}
 
 
 def webshop_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, **kwargs: Any):
-    """A ``datasets.Dataset`` of task rows ``{"goal_index", "split"}`` (the registry's task builder).
+    """A ``datasets.Dataset`` of task rows ``{"goal_index", "split", "asin"}`` (the registry's task
+    builder); ``asin`` is the goal's target product, which lets :meth:`WebShopEnvironment.reset`
+    refuse a row made for another world.
 
     ``kwargs`` are the environment's constructor arguments: the world ones (num_products,
     catalogue_seed, num_goals, test_size, goal_seed) select the goals, so the same dict can be given
@@ -178,4 +188,5 @@ def webshop_tasks(split: str = "train", num_tasks: int | None = None, seed: int 
     indices: Sequence[int] = world.split_indices(_SPLITS[split])
     if num_tasks is not None and num_tasks < len(indices):
         indices = sorted(random.Random(f"webshop-tasks-{seed}").sample(list(indices), num_tasks))
-    return Dataset.from_list([{"goal_index": int(i), "split": _SPLITS[split]} for i in indices])
+    return Dataset.from_list([{"goal_index": int(i), "split": _SPLITS[split], "asin": world.goals[i].asin}
+                              for i in indices])

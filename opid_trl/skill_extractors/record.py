@@ -1,4 +1,4 @@
-"""The trajectory record shown to an analyzer, fitted to its context without losing what matters.
+"""The trajectory record shown to an LLM skill extractor, fitted to its context without losing what matters.
 
 Length policy, applied in order until the record fits ``max_chars``:
 1. every observation and response is cut to a per-field budget (head and tail kept, since the
@@ -45,7 +45,7 @@ def step_priority(trajectory: Trajectory, index: int) -> tuple[int, int]:
 
 
 def render_record(trajectory: Trajectory, max_chars: int = 24_000, field_chars: int = 600) -> str:
-    """The analyzer's view of ``trajectory``: task, outcome and per-step details, within ``max_chars``."""
+    """The skill extractor's view of ``trajectory``: task, outcome and per-step details, within ``max_chars``."""
     outcome = "SUCCESS" if trajectory.success else "FAILURE"
     header = (
         f"Task: {trajectory.task}\n"

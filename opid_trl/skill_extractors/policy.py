@@ -1,4 +1,4 @@
-"""The policy being trained as its own analyzer: no external service needed.
+"""The policy being trained as its own skill extractor: no external service needed.
 
 Analysis prompts go through the trainer's generation backend (the same engine as the rollouts,
 so vLLM when the rollouts use it), one batched call for all trajectories of the process, and
@@ -11,17 +11,17 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .base import Completion, LLMAnalyzer
+from .llm import Completion, LLMSkillExtractor
 
 
-class SelfAnalyzer(LLMAnalyzer):
-    """Analyzer that samples the analysis from the policy itself.
+class PolicySkillExtractor(LLMSkillExtractor):
+    """Skill extractor that samples the analysis from the policy itself (registered as 'self').
 
     Args:
         max_new_tokens: budget of one analysis answer.
-        max_record_chars: record budget (default smaller than for hosted analyzers, since the
+        max_record_chars: record budget (default smaller than for hosted models, since the
             prompt must fit the policy's own context next to the answer).
-        Other arguments: see `LLMAnalyzer`.
+        Other arguments: see `LLMSkillExtractor`.
     """
 
     # It runs the policy: it cannot run while the trainer computes log-probs with it.
@@ -30,7 +30,7 @@ class SelfAnalyzer(LLMAnalyzer):
     def __init__(self, max_new_tokens: int = 512, max_record_chars: int = 6000, **kwargs: Any) -> None:
         super().__init__(max_record_chars=max_record_chars, **kwargs)
         if max_new_tokens < 1:
-            raise ValueError(f"SelfAnalyzer.max_new_tokens: must be >= 1, got {max_new_tokens!r}")
+            raise ValueError(f"PolicySkillExtractor.max_new_tokens: must be >= 1, got {max_new_tokens!r}")
         self.max_new_tokens = max_new_tokens
         self.trainer = None
 
@@ -46,7 +46,7 @@ class SelfAnalyzer(LLMAnalyzer):
 
     def _complete_batch(self, conversations: list[list[dict]]) -> list[Completion]:
         if self.trainer is None:
-            raise RuntimeError("SelfAnalyzer must be bound to a trainer (OPIDTrainer does it)")
+            raise RuntimeError("PolicySkillExtractor must be bound to a trainer (OPIDTrainer calls bind_trainer)")
         trainer = self.trainer
         prompt_ids = [list(ids) for ids in trainer._tokenize_prompts(conversations)[0]]
         backend = trainer.generation_backend

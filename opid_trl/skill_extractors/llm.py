@@ -1,4 +1,4 @@
-"""What every LLM-backed analyzer shares: cache, prompt, parse, one re-ask, accounting.
+"""What every LLM-backed skill extractor shares: cache, prompt, parse, one re-ask, accounting.
 
 A subclass only implements `_complete_batch`: a list of chat conversations in, one
 `Completion` per conversation out (text or error, latency, tokens). Everything else (which
@@ -8,7 +8,7 @@ each result, metrics) lives here once.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from ..trajectory import EpisodeSkills, Trajectory
 from .cache import AnalysisCache, trajectory_key
 from .parsing import AnalysisParseError, parse_analysis
 from .prompt import PROMPT_VERSION, build_messages, reask_message
+from .protocol import SkillExtractor
 
 METRIC_NAMES = ("requests", "failures", "cache_hits", "reasks", "retries", "prompt_tokens", "completion_tokens",
                 "latency_s")
@@ -25,7 +26,7 @@ METRIC_NAMES = ("requests", "failures", "cache_hits", "reasks", "retries", "prom
 
 @dataclass
 class Completion:
-    """One analyzer answer, or why there is none."""
+    """One model answer to an analysis prompt, or why there is none."""
 
     text: str | None = None
     error: str | None = None
@@ -35,7 +36,7 @@ class Completion:
     retries: int = 0
 
 
-class LLMAnalyzer(ABC):
+class LLMSkillExtractor(SkillExtractor):
     """Skill extractor that asks a language model about each trajectory (one request each).
 
     Args:
@@ -46,8 +47,6 @@ class LLMAnalyzer(ABC):
         cache: `True` (in memory, persisted under the trainer's output dir when bound),
             `False`, or an `AnalysisCache`.
     """
-
-    supports_overlap = True
 
     def __init__(self, max_step_skills: int | None = None, max_record_chars: int = 24_000, reask: bool = True,
                  cache: bool | AnalysisCache = True) -> None:
@@ -82,7 +81,7 @@ class LLMAnalyzer(ABC):
         """One completion per conversation."""
 
     # -- the pipeline
-    def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills]:
+    def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills | None]:
         cap = self.max_step_skills if self.max_step_skills is not None else 5
         results: list[EpisodeSkills | None] = [None] * len(trajectories)
         keys = [trajectory_key(t, self.cache_salt) for t in trajectories]

@@ -1,10 +1,11 @@
-"""The analyzer prompt and its output schema (OPID spec, section 4)."""
+"""The analysis prompt and its output schema (OPID spec, section 4)."""
 
 from __future__ import annotations
 
 from ..trajectory import Trajectory
 from .record import render_record
 
+#: Part of every cache key: bump it when the prompt or the expected answer changes.
 PROMPT_VERSION = "opid-analyzer-v1"
 
 SYSTEM_PROMPT = (

@@ -16,7 +16,7 @@ from ..trajectory import EpisodeSkills, Trajectory
 
 
 def trajectory_key(trajectory: Trajectory, salt: str) -> str:
-    """Hash of what the analyzer sees (task, outcome, steps) and of ``salt`` (model, prompt version)."""
+    """Hash of what the skill extractor sees (task, outcome, steps) and of ``salt`` (model, prompt version)."""
     content = {
         "salt": salt,
         "task": trajectory.task,
@@ -28,7 +28,11 @@ def trajectory_key(trajectory: Trajectory, salt: str) -> str:
 
 
 class AnalysisCache:
-    """Thread-safe map from trajectory key to skills, optionally persisted to ``path``."""
+    """Thread-safe map from trajectory key to skills, optionally persisted to ``path``.
+
+    Deliberately unbounded (not an LRU): entries are a few sentences each, and the JSONL file
+    holds every analysis of the run anyway, so evicting from memory would save little.
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else None

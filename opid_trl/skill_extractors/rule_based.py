@@ -1,4 +1,4 @@
-"""The offline default analyzer: skills from the trajectory alone, no LLM, no privileged state.
+"""The offline default skill extractor: skills from the trajectory alone, no LLM, no privileged state.
 
 It reads only what the agent saw and did (observations, actions, validity, rewards), so its
 skills are honest hindsight, and it is deterministic.
@@ -9,6 +9,9 @@ skills are honest hindsight, and it is deterministic.
 - A failure gives avoidance rules from what went wrong: ill-formed answers, an action repeated
   again and again, back-and-forth loops between two actions, and stretches where the
   observation did not change. Critical steps: the first step of each such problem.
+
+Format advice quotes the trajectory's own ``response_format`` (the environment's description of
+a well-formed answer), so a search agent is not told to use ``<action>`` tags.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from environments.base import THINK_ACTION_RESPONSE_FORMAT
+
 from ..trajectory import EpisodeSkills, Trajectory
+from .protocol import SkillExtractor
 
 MAX_WORKFLOW_ACTIONS = 12
 
@@ -35,12 +41,10 @@ def _collapse(actions: Sequence[str]) -> list[str]:
     return out
 
 
-class RuleBasedAnalyzer:
-    """Deterministic skill extractor. ``repeat_threshold``: an action taken this many times in a
-    failure is a repetition; ``stall_length``: this many steps with an unchanged observation are a
-    no-progress stretch."""
-
-    supports_overlap = True
+class RuleBasedSkillExtractor(SkillExtractor):
+    """Deterministic skill extractor (registered as 'rule_based'). ``repeat_threshold``: an action
+    taken this many times in a failure is a repetition; ``stall_length``: this many steps with an
+    unchanged observation are a no-progress stretch."""
 
     def __init__(self, max_step_skills: int | None = None, repeat_threshold: int = 3, stall_length: int = 3) -> None:
         self.max_step_skills = max_step_skills
@@ -56,9 +60,9 @@ class RuleBasedAnalyzer:
         metrics, self._metrics = self._metrics, {"requests": 0.0, "failures": 0.0}
         return metrics
 
-    def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills]:
+    def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills | None]:
         cap = self.max_step_skills if self.max_step_skills is not None else 5
-        results = []
+        results: list[EpisodeSkills | None] = []
         for trajectory in trajectories:
             self._metrics["requests"] += 1
             if not trajectory.steps:
@@ -96,10 +100,10 @@ class RuleBasedAnalyzer:
 
         invalid = [i for i, s in enumerate(steps) if not s.action_valid]
         if invalid:
-            rules.append(f"{len(invalid)} of {len(steps)} answers were ill-formed: always reason inside "
-                         "<think> </think> and give exactly one admissible action inside <action> </action>.")
-            critical.setdefault(invalid[0], "Give exactly one admissible action inside <action> </action> after "
-                                            "your <think> </think> reasoning.")
+            answer_format = trajectory.response_format or THINK_ACTION_RESPONSE_FORMAT
+            rules.append(f"{len(invalid)} of {len(steps)} answers were ill-formed; every answer must follow the "
+                         f"format: {answer_format}")
+            critical.setdefault(invalid[0], answer_format)
 
         actions = [(i, s.action) for i, s in enumerate(steps) if s.action_valid and s.action]
         counts = Counter(a for _, a in actions)

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible analyzer against a real loopback HTTP server, through the real client."""
+"""The OpenAI-compatible skill extractor against a real loopback HTTP server, through the real client."""
 
 import time
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from opid_trl import StepRecord, Trajectory
-from opid_trl.analyzers import AnalysisCache, OpenAIAnalyzer
 from opid_trl.audit import AnalysisAuditLog
 from opid_trl.routing import route_skills
+from opid_trl.skill_extractors import AnalysisCache, OpenAISkillExtractor
 
 from .openai_server import ScriptedOpenAIServer
 
@@ -23,17 +23,17 @@ def trajectory(behaviour: str, success: bool = True) -> Trajectory:
     return t
 
 
-def analyzer(server, **kwargs):
-    defaults = dict(base_url=server.base_url, model="scripted-analyzer", api_key=KEY, timeout=5.0, max_retries=2,
-                    backoff_base=0.05, backoff_max=1.0, max_concurrency=4, cache=AnalysisCache())
+def extractor(server, **kwargs):
+    defaults = dict(base_url=server.base_url, model="scripted-model", api_key=KEY, timeout=5.0, max_retries=2,
+                    max_concurrency=4, cache=AnalysisCache())
     defaults.update(kwargs)
-    return OpenAIAnalyzer(**defaults)
+    return OpenAISkillExtractor(**defaults)
 
 
 def test_answers_of_every_kind(tmp_path):
     behaviours = ["valid", "fenced", "broken", "garbage", "empty", "ratelimit", "error"]
     with ScriptedOpenAIServer(KEY) as server:
-        a = analyzer(server)
+        a = extractor(server)
         start = time.perf_counter()
         results = dict(zip(behaviours, a([trajectory(b) for b in behaviours])))
         elapsed = time.perf_counter() - start
@@ -53,7 +53,7 @@ def test_answers_of_every_kind(tmp_path):
     assert "parse" in results["empty"].error
     # 429 honours Retry-After (0.3 s) and then succeeds
     assert server.count("ratelimit") == 2 and results["ratelimit"].meta["retries"] == 1 and elapsed >= 0.3
-    # 500s: max_retries=2 retries, then a clean failure
+    # 500s: max_retries=2 retries (by the OpenAI client), then a clean failure
     assert server.count("error") == 3 and "HTTP 500 after 2 retries" in results["error"].error
     assert metrics["failures"] == 3 and metrics["reasks"] == 3 and metrics["retries"] == 3
     assert metrics["prompt_tokens"] > 0 and metrics["latency_s"] > 0
@@ -63,7 +63,7 @@ def test_answers_of_every_kind(tmp_path):
 
 def test_timeouts_are_retried_then_fail(tmp_path):
     with ScriptedOpenAIServer(KEY, slow_seconds=1.5) as server:
-        a = analyzer(server, timeout=0.4, max_retries=1)
+        a = extractor(server, timeout=0.4, max_retries=1)
         start = time.perf_counter()
         result = a([trajectory("slow")])[0]
         elapsed = time.perf_counter() - start
@@ -73,7 +73,7 @@ def test_timeouts_are_retried_then_fail(tmp_path):
 
 def test_structured_output_fallback(tmp_path):
     with ScriptedOpenAIServer(KEY, reject_schema=True) as server:
-        a = analyzer(server)
+        a = extractor(server)
         first = a([trajectory("valid")])[0]
         second = a([trajectory("fenced")])[0]
     assert not first.failed and not second.failed
@@ -85,14 +85,14 @@ def test_structured_output_fallback(tmp_path):
 def test_cache_hits_skip_the_server(tmp_path):
     cache_file = tmp_path / "cache.jsonl"
     with ScriptedOpenAIServer(KEY) as server:
-        a = analyzer(server, cache=AnalysisCache(cache_file))
+        a = extractor(server, cache=AnalysisCache(cache_file))
         batch = [trajectory("valid"), trajectory("garbage", success=False)]
         a(batch)
         calls = len(server.requests)
         again = a(batch)
         metrics = a.pop_metrics()
-        # a fresh analyzer (a resumed run) reloads the persisted cache
-        reloaded = analyzer(server, cache=AnalysisCache(cache_file))([trajectory("valid")])[0]
+        # a fresh extractor (a resumed run) reloads the persisted cache
+        reloaded = extractor(server, cache=AnalysisCache(cache_file))([trajectory("valid")])[0]
     assert len(server.requests) == calls + 2  # only the failed one is asked again (and re-asked)
     assert again[0].meta["cached"] and not again[0].failed
     assert metrics["cache_hits"] == 1
@@ -101,7 +101,7 @@ def test_cache_hits_skip_the_server(tmp_path):
 
 def test_the_key_never_reaches_a_file_or_repr(tmp_path):
     with ScriptedOpenAIServer(KEY) as server:
-        a = analyzer(server, cache=AnalysisCache(tmp_path / "analysis" / "cache.jsonl"))
+        a = extractor(server, cache=AnalysisCache(tmp_path / "analysis" / "cache.jsonl"))
         trajectories = [trajectory(b) for b in ("valid", "broken", "error", "ratelimit")]
         skills = a(trajectories)
         audit = AnalysisAuditLog(tmp_path, rank=0)
@@ -118,24 +118,27 @@ def test_the_key_never_reaches_a_file_or_repr(tmp_path):
 
 def test_configuration_errors_name_the_field(monkeypatch):
     monkeypatch.delenv("OPENAI_MODEL", raising=False)
-    with pytest.raises(ValueError, match="OpenAIAnalyzer.model"):
-        OpenAIAnalyzer(base_url="http://127.0.0.1:1/v1")
-    with pytest.raises(ValueError, match="OpenAIAnalyzer.structured_output"):
-        OpenAIAnalyzer(model="m", structured_output="sometimes")
-    with pytest.raises(ValueError, match="OpenAIAnalyzer.timeout"):
-        OpenAIAnalyzer(model="m", timeout=0)
+    with pytest.raises(ValueError, match="OpenAISkillExtractor.model"):
+        OpenAISkillExtractor(base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="OpenAISkillExtractor.structured_output"):
+        OpenAISkillExtractor(model="m", structured_output="sometimes")
+    with pytest.raises(ValueError, match="OpenAISkillExtractor.timeout"):
+        OpenAISkillExtractor(model="m", timeout=0)
+    with pytest.raises(ValueError, match="OpenAISkillExtractor.max_retries"):
+        OpenAISkillExtractor(model="m", max_retries=-1)
 
 
 def test_settings_from_the_environment(monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("OPENAI_MODEL", "env-model")
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    a = OpenAIAnalyzer()
+    a = OpenAISkillExtractor()
     assert a.base_url == "http://127.0.0.1:9/v1" and a.model == "env-model" and KEY not in repr(a)
 
 
 def test_unreachable_endpoint_is_a_clean_failure():
-    a = OpenAIAnalyzer(base_url="http://127.0.0.1:9/v1", model="m", api_key=KEY, max_retries=1, backoff_base=0.01,
-                       timeout=1.0, cache=False)
+    a = OpenAISkillExtractor(base_url="http://127.0.0.1:9/v1", model="m", api_key=KEY, max_retries=1, timeout=1.0,
+                             cache=False)
     result = a([trajectory("valid")])[0]
-    assert result.failed and "APIConnectionError" in result.error and KEY not in result.error
+    assert result.failed and "APIConnectionError after 1 retries" in result.error and KEY not in result.error
+    assert result.meta["retries"] == 1 and a.pop_metrics()["retries"] == 1

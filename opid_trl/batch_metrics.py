@@ -1,0 +1,110 @@
+"""Per-batch metrics of OPID (episodes, skills, sampler gap), summed over every process.
+
+Rows differ in number across processes, so every statistic is built from global sums (or
+maxima) rather than averaged per process; each call is a collective that every rank makes.
+Values are appended to TRL's ``_metrics[mode]`` lists, which the Trainer averages and logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from accelerate.utils import gather_object
+
+from .routing import RoutedSkill
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from .rollout import Episode
+    from .skill_scoring import SkillScores
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+class BatchMetrics:
+    """Appends OPID's metrics to a Trainer's ``_metrics`` (``{mode: {name: [values]}}``)."""
+
+    def __init__(self, accelerator: Accelerator, metrics: dict[str, Any]) -> None:
+        self.accelerator = accelerator
+        self.metrics = metrics
+
+    def log(self, mode: str, name: str, value: float) -> None:
+        self.metrics[mode][name].append(float(value))
+
+    def global_sum(self, values: Sequence[float]) -> list[float]:
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(tensor, reduction="sum").tolist()
+
+    def global_max(self, values: torch.Tensor) -> float:
+        """Largest element of ``values`` over all processes (0 when every process has none)."""
+        local = values.max().double() if values.numel() else torch.zeros((), dtype=torch.float64)
+        return self.accelerator.reduce(local.to(self.accelerator.device), reduction="max").item()
+
+    def global_max_count(self, count: int) -> int:
+        return int(self.global_max(torch.tensor([float(count)])))
+
+    def sampler_gap(self, mode: str, trainer_logps: torch.Tensor, sampler_logps: torch.Tensor,
+                    mask: torch.Tensor) -> None:
+        """How far the sampler's log-probs are from the trainer's (mean and max |diff| over tokens)."""
+        valid = mask.bool() & ~torch.isnan(sampler_logps)
+        gap = (trainer_logps - sampler_logps)[valid].abs().double()
+        total, count = self.global_sum([gap.sum().item(), gap.numel()])
+        self.log(mode, "sampling/logp_gap_mean", total / count if count else 0.0)
+        self.log(mode, "sampling/logp_gap_max", self.global_max(gap))
+
+    def episodes(self, mode: str, episodes: Sequence[Episode], num_rows: int, env_errors: int,
+                 prompt_overflows: int, rollout_seconds: float) -> None:
+        steps = [s for ep in episodes for s in ep.steps]
+        totals = self.global_sum([
+            len(episodes), sum(ep.won for ep in episodes), len(steps), sum(not s.action_valid for s in steps),
+            sum(ep.env_return for ep in episodes), sum(ep.env_return**2 for ep in episodes), num_rows,
+            env_errors, prompt_overflows,
+        ])
+        n_ep, n_won, n_steps, n_invalid, r_sum, r_sq, n_rows, n_err, n_overflow = totals
+        mean_r = r_sum / max(n_ep, 1)
+        self.log(mode, "env/success_rate", n_won / max(n_ep, 1))
+        self.log(mode, "env/episode_length", n_steps / max(n_ep, 1))
+        self.log(mode, "env/invalid_action_rate", n_invalid / max(n_steps, 1))
+        self.log(mode, "env/rows", n_rows)
+        self.log(mode, "env/errors", n_err)
+        self.log(mode, "env/prompt_overflow", n_overflow)
+        self.log(mode, "reward", mean_r)
+        self.log(mode, "reward_std", math.sqrt(max(r_sq / max(n_ep, 1) - mean_r**2, 0.0)))
+        self.log(mode, "time/rollout", rollout_seconds)
+        per_type = gather_object([(ep.task_type or "all", float(ep.won)) for ep in episodes])
+        for task_type in sorted({t for t, _ in per_type}):
+            self.log(mode, f"env/success_rate/{task_type}", _mean([w for t, w in per_type if t == task_type]))
+
+    def skill_passes(self, mode: str, scores: SkillScores) -> None:
+        """Rows re-scored per kind of skill, and how many skill prompts exceeded the prompt budget."""
+        for kind in sorted(scores.logps):
+            scored, over = self.global_sum([scores.rows_scored[kind], scores.over_budget[kind]])
+            self.log(mode, f"skill/{kind}_rows_scored", scored)
+            self.log(mode, f"skill/{kind}_prompt_over_budget", over)
+
+    def routing(self, mode: str, routed: Sequence[RoutedSkill], failures: int, num_trajectories: int) -> None:
+        kinds = [r.kind for r in routed]
+        n_step, n_ep, n_rows, n_fail, n_traj = self.global_sum([
+            sum(k in ("step", "both") for k in kinds), sum(k in ("episode", "both") for k in kinds), len(kinds),
+            failures, num_trajectories,
+        ])
+        self.log(mode, "skill/routed_step_frac", n_step / n_rows if n_rows else 0.0)
+        self.log(mode, "skill/routed_episode_frac", n_ep / n_rows if n_rows else 0.0)
+        self.log(mode, "skill/analysis_failures", n_fail)
+        self.log(mode, "skill/analysis_failure_rate", n_fail / n_traj if n_traj else 0.0)
+
+    def skill_advantage(self, mode: str, skill_part: torch.Tensor, mask: torch.Tensor) -> None:
+        """Mean, std and largest magnitude of the weighted skill advantage over the response tokens."""
+        values = skill_part[mask.bool()].double()
+        total, total_sq, count = self.global_sum([values.sum().item(), (values**2).sum().item(), values.numel()])
+        abs_max = self.global_max(values.abs())
+        mean = total / count if count else 0.0
+        self.log(mode, "skill/adv_mean", mean)
+        self.log(mode, "skill/adv_std", math.sqrt(max(total_sq / count - mean**2, 0.0)) if count else 0.0)
+        self.log(mode, "skill/adv_abs_max", abs_max)

@@ -1,0 +1,137 @@
+"""The step batch: episodes become one padded training row per environment step.
+
+Every process must hand TRL the same number of rows, a multiple of the micro-steps of a generation
+(`steps_per_generation`), because ZeRO-3 and DDP need every rank to run the same number of forward
+and backward passes. Processes whose episodes produced fewer steps are topped up with padding rows
+whose completion mask is zero: they cost compute, never signal.
+
+The batch handed back to TRL is an :class:`OPIDBatch`, a typed view of the dictionary
+`GRPOTrainer._compute_loss` reads, plus OPID's own per-token skill log-probs when the skill
+advantage is completed in the loss step (see :mod:`opid_trl.skill_scoring`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
+
+import torch
+from trl.trainer.utils import pad
+
+if TYPE_CHECKING:
+    from .rollout import Episode
+
+
+class OPIDBatch(TypedDict, total=False):
+    """The batch `OPIDTrainer` returns to TRL. Shapes: B rows, P prompt tokens, T completion tokens."""
+
+    prompt_ids: torch.Tensor  #: (B, P) left-padded
+    prompt_mask: torch.Tensor  #: (B, P)
+    completion_ids: torch.Tensor  #: (B, T) right-padded
+    #: (B, T): 1 on the sampled tokens of real rows; 0 on padding tokens, padding rows and (with
+    #: `mask_truncated_completions`) rows that never produced EOS.
+    completion_mask: torch.Tensor
+    #: (B, T) per-token advantage: A_ep, plus the weighted skill advantage once it is known.
+    advantages: torch.Tensor
+    #: Scalar: completion tokens of the whole generation batch over all processes (token-level losses).
+    num_items_in_batch: torch.Tensor
+    #: (B, T) log-probs of the policy that sampled the rows, when the loss step cannot stand in for it.
+    old_per_token_logps: torch.Tensor
+    #: (B, T) reference-model log-probs (the KL term, `beta > 0`).
+    ref_per_token_logps: torch.Tensor
+    #: (B, T) the sampler's own log-probs (vLLM), 0 where the engine gave none.
+    sampling_per_token_logps: torch.Tensor
+    #: (B, T) sampler-vs-trainer importance weights (vLLM importance-sampling correction).
+    importance_sampling_ratio: torch.Tensor
+    #: (B, T) log-probs of the sampled tokens under the episode-skill prompt, NaN on rows not
+    #: re-scored; present only when the loss step completes the skill advantage.
+    episode_skill_per_token_logps: torch.Tensor
+    #: (B, T) the same under the step-skill prompt.
+    step_skill_per_token_logps: torch.Tensor
+
+
+@dataclass
+class StepRows:
+    """The token rows of a step batch, padding rows included (they come last)."""
+
+    #: (episode index, step index) of every real row, in row order.
+    locations: list[tuple[int, int]]
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+
+    @property
+    def num_real(self) -> int:
+        return len(self.locations)
+
+    @property
+    def num_padding(self) -> int:
+        return len(self.prompt_ids) - len(self.locations)
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+
+def padded_row_count(max_rows_any_process: int, steps_per_generation: int) -> int:
+    """Rows every process hands over: the largest count, rounded up to a multiple of the micro-steps
+    (at least one row per micro-step)."""
+    return max(steps_per_generation * math.ceil(max_rows_any_process / steps_per_generation), steps_per_generation)
+
+
+def collect_step_rows(episodes: Sequence[Episode], row_count: int, pad_token_id: int) -> StepRows:
+    """One row per step of every episode, in episode order, then padding rows up to ``row_count``.
+
+    A padding row repeats the first real row's tokens (or a single pad token) so that it has the
+    shape of a real sample; its completion mask is zeroed by :func:`row_tensors`.
+    """
+    locations = [(e, t) for e, episode in enumerate(episodes) for t in range(len(episode.steps))]
+    if row_count < len(locations):
+        raise ValueError(f"row_count {row_count} is below the {len(locations)} steps played")
+    prompts = [episodes[e].prompt_ids[t] for e, t in locations]
+    completions = [episodes[e].completion_ids[t] for e, t in locations]
+    num_padding = row_count - len(locations)
+    prompts += [prompts[0] if prompts else [pad_token_id]] * num_padding
+    completions += [completions[0] if completions else [pad_token_id]] * num_padding
+    return StepRows(locations, prompts, completions)
+
+
+def pad_token_lists(sequences: Sequence[Sequence[int]], pad_token_id: int, side: str,
+                    device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids, mask), padded on ``side`` ('left' for prompts, 'right' for completions)."""
+    tensors = [torch.tensor(list(ids), dtype=torch.long) for ids in sequences]
+    ids = pad(tensors, padding_value=pad_token_id, padding_side=side).to(device)
+    mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side=side).to(device)
+    return ids, mask
+
+
+def row_tensors(rows: StepRows, pad_token_id: int, device: torch.device | str,
+                eos_token_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, ...]:
+    """(prompt_ids, prompt_mask, completion_ids, completion_mask) of ``rows``.
+
+    Padding rows get a zero completion mask. With ``eos_token_ids`` (TRL's
+    `mask_truncated_completions`), rows whose completion does not end with EOS are masked too.
+    """
+    prompt_ids, prompt_mask = pad_token_lists(rows.prompt_ids, pad_token_id, "left", device)
+    completion_ids, completion_mask = pad_token_lists(rows.completion_ids, pad_token_id, "right", device)
+    keep = [1.0] * rows.num_real + [0.0] * rows.num_padding
+    if eos_token_ids is not None:
+        eos = set(eos_token_ids)
+        keep = [k if ids and ids[-1] in eos else 0.0 for k, ids in zip(keep, rows.completion_ids)]
+    completion_mask = completion_mask * torch.tensor(keep, device=device).to(completion_mask.dtype).unsqueeze(1)
+    return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+
+def ragged_rows(values: Sequence[Sequence[float]], count: int, width: int, fill: float,
+                device: torch.device | str) -> torch.Tensor:
+    """Per-token values of ragged rows as a (count, width) float tensor, ``fill`` elsewhere."""
+    out = torch.full((count, width), fill, dtype=torch.float32)
+    for i, row in enumerate(values):
+        out[i, : len(row)] = torch.tensor(list(row), dtype=torch.float32)
+    return out.to(device)
+
+
+def per_row(values: Sequence[Sequence[float]], rows: StepRows, device: torch.device | str) -> torch.Tensor:
+    """``values[e][t]`` of every real row, 0 on padding rows: a (B,) float tensor."""
+    flat = [values[e][t] for e, t in rows.locations] + [0.0] * rows.num_padding
+    return torch.tensor(flat, dtype=torch.float32, device=device)

@@ -1,0 +1,181 @@
+"""TRL's agent features (`tools`, `environment_factory`, `rollout_func`) train OPIDTrainer exactly like GRPOTrainer.
+
+The tiny tokenizer gets TRL's Qwen3 chat template, which renders tool schemas and tool calls and for which
+TRL ships a response parser. A tiny random model never writes a well-formed tool call, so its first turn is
+scripted where the prompt asks for a tool: `generate` still runs (and draws from the RNG) for every row,
+then those rows' completions are replaced by the call. TRL's tool loop then runs the tool, appends its
+result and generates again, exactly as with a model that calls tools by itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl.chat_template_utils import qwen3_chat_template
+
+from .test_dropin import assert_same_training, grpo_args, length_reward, train_pair
+
+pytestmark = pytest.mark.filterwarnings("ignore:You are using '.*', which is an experimental feature")
+
+
+def tool_call(name: str, **arguments: Any) -> str:
+    """An assistant turn calling ``name`` in Qwen's format, ended like a real one."""
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call><|im_end|>"
+
+
+def tool_tokenizer(model_dir: str):
+    """A fresh tiny tokenizer with a tool-calling chat template (TRL sets its response parser on it)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = qwen3_chat_template
+    return tokenizer
+
+
+def scripted_model(model_dir: str, tokenizer, script: Callable[[str], str | None]):
+    """The tiny model, whose completions become ``script(prompt text)`` where that is not None."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    generate = model.generate
+
+    def scripted_generate(*args: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any):
+        output = generate(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        width = input_ids.size(1)
+        completions = []
+        for row, mask, generated in zip(input_ids, attention_mask, output[:, width:]):
+            text = script(tokenizer.decode(row[mask.bool()]))
+            completions.append(generated.tolist() if text is None else tokenizer.encode(text, add_special_tokens=False))
+        padded = torch.full((len(completions), max(map(len, completions))), tokenizer.pad_token_id,
+                            dtype=output.dtype, device=output.device)
+        for i, ids in enumerate(completions):
+            padded[i, : len(ids)] = torch.tensor(ids, dtype=output.dtype)
+        return torch.cat([input_ids, padded], dim=1)
+
+    model.generate = scripted_generate
+    return model
+
+
+def first_turn_asking(word: str, call: str) -> Callable[[str], str | None]:
+    """Call the tool on the first turn of prompts whose user message mentions ``word``; generate freely after."""
+
+    def script(prompt: str) -> str | None:
+        user = prompt.rsplit("<|im_start|>user", 1)[-1]
+        return call if word in user and "<tool_response>" not in user else None
+
+    return script
+
+
+def tool_rows(n: int = 8) -> Dataset:
+    prompts = [f"Multiply {i} by 4." if i % 2 == 0 else f"Say {i}." for i in range(n)]
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
+
+
+TOOL_ARGS = dict(max_completion_length=96, max_tool_calling_iterations=2, beta=0.02)
+
+
+def test_tools(tiny_model_dir, tmp_path):
+    calls = []
+
+    def counted_multiply(a: int, b: int) -> int:
+        """Multiply two integers.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+        """
+        calls.append((a, b))
+        return a * b
+
+    counted_multiply.__name__ = "multiply"
+
+    def build(name: str) -> dict[str, Any]:
+        tokenizer = tool_tokenizer(tiny_model_dir)
+        script = first_turn_asking("Multiply", tool_call("multiply", a=3, b=4))
+        model = scripted_model(tiny_model_dir, tokenizer, script)
+        return dict(model=model, reward_funcs=length_reward, args=grpo_args(tmp_path, name, **TOOL_ARGS),
+                    train_dataset=tool_rows(), processing_class=tokenizer, tools=[counted_multiply])
+
+    grpo, opid = train_pair(build)
+    assert_same_training(grpo, opid)
+    assert calls and len(calls) % 2 == 0 and calls[: len(calls) // 2] == calls[len(calls) // 2 :]
+    frequencies = [e["tools/call_frequency"] for e in grpo.history if "tools/call_frequency" in e]
+    assert frequencies and any(f > 0 for f in frequencies)  # the seed-0 order puts Multiply rows in step 1
+
+
+class Counter:
+    """A TRL environment (`environment_factory`): its public methods are the tools of the episode."""
+
+    def reset(self, **kwargs: Any) -> str | None:
+        self.total = 0
+        return " The counter starts at 0."
+
+    def increment(self, step: int) -> int:
+        """Add to the counter.
+
+        Args:
+            step: How much to add.
+        """
+        self.total += step
+        return self.total
+
+
+def counter_reward(completions: list, environments: list[Counter], **kwargs: Any) -> list[float]:
+    return [float(env.total) + len(c[-1]["content"]) / 10 for c, env in zip(completions, environments)]
+
+
+def test_environment_factory(tiny_model_dir, tmp_path):
+    prompts = [f"Count up by {i}." if i % 2 == 0 else f"Say {i}." for i in range(8)]
+
+    def build(name: str) -> dict[str, Any]:
+        tokenizer = tool_tokenizer(tiny_model_dir)
+        model = scripted_model(tiny_model_dir, tokenizer, first_turn_asking("Count", tool_call("increment", step=2)))
+        return dict(model=model, reward_funcs=counter_reward, args=grpo_args(tmp_path, name, **TOOL_ARGS),
+                    train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts]),
+                    processing_class=tokenizer, environment_factory=Counter)
+
+    grpo, opid = train_pair(build)
+    assert_same_training(grpo, opid)
+    means = [e["rewards/counter_reward/mean"] for e in grpo.history if "rewards/counter_reward/mean" in e]
+    assert means and all(m >= 1.0 for m in means)  # half the episodes incremented the counter by 2
+    assert opid.trainer.environment_factories is not None and opid.trainer.environment_factory is None
+
+
+def sampled_rollout(prompts: list, trainer) -> dict[str, list]:
+    """A custom rollout (TRL's `rollout_func`): the policy samples, the last two tokens are marked as the
+    environment's (`env_mask` 0, kept out of the loss), and a per-row field reaches the reward function."""
+    tokenizer = trainer.processing_class
+    prompt_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)["input_ids"]
+                  for p in prompts]
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    completion_ids = []
+    with torch.no_grad():
+        for ids in prompt_ids:
+            output = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                    max_new_tokens=6, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+            completion_ids.append(output[0, len(ids):].tolist() + tokenizer.encode("ok", add_special_tokens=False))
+    return {
+        "prompt_ids": prompt_ids,
+        "completion_ids": completion_ids,
+        "logprobs": [[0.0] * len(ids) for ids in completion_ids],
+        "env_mask": [[1] * (len(ids) - 2) + [0, 0] for ids in completion_ids],
+        "parity": [len(ids) % 2 for ids in completion_ids],
+    }
+
+
+def parity_reward(completions: list, parity: list[int], **kwargs: Any) -> list[float]:
+    return [float(p) + len(c[0]["content"]) / 10 for c, p in zip(completions, parity)]
+
+
+def test_rollout_func(tiny_model_dir, tmp_path):
+    def build(name: str) -> dict[str, Any]:
+        return dict(model=tiny_model_dir, reward_funcs=parity_reward,
+                    args=grpo_args(tmp_path, name, beta=0.02, num_iterations=2),
+                    train_dataset=tool_rows(), processing_class=AutoTokenizer.from_pretrained(tiny_model_dir),
+                    rollout_func=sampled_rollout)
+
+    grpo, opid = train_pair(build)
+    assert_same_training(grpo, opid)
+
