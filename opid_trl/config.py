@@ -106,7 +106,8 @@ class OPIDConfig(GRPOConfig):
         default="trajectory",
         metadata={"help": "What the group statistics are taken over: 'trajectory' (each episode counts once, as in "
                   "the paper) or 'step' (each step sample counts once and carries its own invalid-action "
-                  "penalty, as in the reference code).", "choices": list(OUTCOME_GROUPINGS)},
+                  "penalty, as in the reference code). Environment episodes only.",
+                  "choices": list(OUTCOME_GROUPINGS)},
     )
     success_threshold: float = field(
         default=1.0,

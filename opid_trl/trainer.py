@@ -49,6 +49,7 @@ from .episode_settings import resolve_episode_settings
 from .generation import GenerationBackend, ScoringBackend, TransformersGenerationBackend
 from .importance_sampling import vllm_importance_ratio
 from .rollout import Episode, EpisodeRunner
+from .random_state import RandomState, uses_dropout
 from .routing import RoutedSkill, inject
 from .skill_analysis import AnalysisResult, SkillAnalysis
 from .skill_extractors import SkillExtractorLike, as_skill_extractor
@@ -188,6 +189,9 @@ class OPIDTrainer(GRPOTrainer):
             if args.outcome_norm is not None:
                 raise ValueError("outcome_norm: applies to environment episodes; without an environment GRPO's "
                                  "scale_rewards normalizes the rewards (set scale_rewards instead)")
+            if args.outcome_grouping != "trajectory":
+                raise ValueError("outcome_grouping: applies to environment episodes; without an environment every "
+                                 "completion is one sample of its group (leave it at 'trajectory')")
             return reward_funcs
         if reward_funcs is not None:
             raise ValueError("reward_funcs: with an environment the episode outcome is the reward; "
@@ -316,12 +320,17 @@ class OPIDTrainer(GRPOTrainer):
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
         logits_to_keep = inputs["completion_ids"].size(1)
         parent = super()._get_per_token_logps_and_entropies
-        if "old_per_token_entropies" in inputs and self._aligned:
+        rng_states: list[RandomState] = []  # replayed by the grad pass: the same dropout masks
+        if "old_per_token_entropies" in inputs and self._aligned and not uses_dropout(model):
             logps, entropies = inputs["old_per_token_logps"], inputs["old_per_token_entropies"]
         else:
+            parts = []
             with torch.no_grad():
-                logps, entropies, _ = parent(model, input_ids, attention_mask, logits_to_keep, batch_size=chunk,
-                                             compute_entropy=True)
+                for start in range(0, rows, chunk):
+                    rng_states.append(RandomState.capture(input_ids.device))
+                    parts.append(parent(model, input_ids[start : start + chunk], attention_mask[start : start + chunk],
+                                        logits_to_keep, compute_entropy=True))
+            logps, entropies = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         if pending_skills:
             self._complete_skill_advantages(inputs, logps)
         logps_leaf = logps.detach().requires_grad_(True)
@@ -333,20 +342,26 @@ class OPIDTrainer(GRPOTrainer):
             self._precomputed_loss_inputs = None
         self._check_finite(loss)
         grads = torch.autograd.grad(loss, [logps_leaf, entropies_leaf], allow_unused=True)
-        last = self._backward_chunks(model, input_ids, attention_mask, logits_to_keep, grads, num_items_in_batch)
+        last = self._backward_chunks(model, input_ids, attention_mask, logits_to_keep, grads, num_items_in_batch,
+                                     rng_states)
         # Same gradient as the last chunk's surrogate, same value as the full loss (for logging).
         return last + (loss.detach() - last.detach())
 
     def _backward_chunks(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                         grads: tuple[torch.Tensor | None, torch.Tensor | None], num_items_in_batch) -> torch.Tensor:
+                         grads: tuple[torch.Tensor | None, torch.Tensor | None], num_items_in_batch,
+                         rng_states: list[RandomState]) -> torch.Tensor:
         """Re-run each chunk with grad and back-propagate ``grads`` (d loss / d log-prob, d loss /
-        d entropy per token) through it; all chunks but the last here, the last one's surrogate is returned."""
+        d entropy per token) through it; all chunks but the last here, the last one's surrogate is returned.
+        ``rng_states[i]`` (when given) is restored before chunk i, so that dropout draws the masks of
+        the no-grad pass the weights were computed from."""
         grad_logps, grad_entropies = grads
         rows, chunk = input_ids.size(0), self.args.max_rows_per_forward
         parent = super()._get_per_token_logps_and_entropies
         last = None
-        for start in range(0, rows, chunk):
+        for index, start in enumerate(range(0, rows, chunk)):
             part = slice(start, start + chunk)
+            if rng_states:
+                rng_states[index].restore()
             chunk_logps, chunk_entropies, _ = parent(
                 model, input_ids[part], attention_mask[part], logits_to_keep,
                 compute_entropy=grad_entropies is not None)

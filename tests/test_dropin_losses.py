@@ -15,9 +15,11 @@ import pytest
 import torch
 from trl import GRPOConfig
 
-from .test_dropin import assert_same_training, text_pipeline, train_pair
+from opid_trl.testing import SPECIAL_TOKENS
 
-EOS_ID = 2  # `<|im_end|>` of the tiny tokenizer (opid_trl.testing.SPECIAL_TOKENS)
+from .test_dropin import assert_chunked, assert_same_training, length_reward, text_pipeline, train_pair
+
+EOS_ID = SPECIAL_TOKENS.index("<|im_end|>")  # the tiny BPE numbers its special tokens first, in this order
 #: Makes the tiny random model stop early in some completions (and run to the budget in others).
 EOS_BIAS = {"sequence_bias": {(EOS_ID,): 3.0}}
 
@@ -66,6 +68,7 @@ def test_loss_type_chunked(tiny_model_dir, tmp_path, loss_type):
                                           **loss_options(loss_type)))
     assert opid.trainer.args.max_rows_per_forward == 8
     assert next(opid.trainer.model.parameters()).dtype == torch.float64
+    assert_chunked(grpo, opid)
     assert_same_training(grpo, opid, rel=1e-6, abs_=1e-9, update_rtol=1e-6)
 
 
@@ -90,6 +93,20 @@ def test_sampling_and_masking_options(tiny_model_dir, tmp_path, options):
     assert_same_training(grpo, opid)
 
 
+def vowel_reward(completions: list, **kwargs: Any) -> list[float | None]:
+    """A second objective, unscorable (None) on empty completions as TRL allows."""
+    return [sum(ch in "aeiou" for ch in c[0]["content"]) / 5 if c[0]["content"] else None for c in completions]
+
+
+@pytest.mark.parametrize("aggregation", ["sum_then_normalize", "normalize_then_sum"])
+def test_weighted_reward_functions(tiny_model_dir, tmp_path, aggregation):
+    grpo, opid = train_pair(text_pipeline(tiny_model_dir, tmp_path, reward_funcs=[length_reward, vowel_reward],
+                                          reward_weights=[1.0, 0.5], multi_objective_aggregation=aggregation,
+                                          beta=0.02))
+    assert_same_training(grpo, opid)
+    assert any("rewards/vowel_reward/mean" in e for e in opid.history)
+
+
 def test_truncated_completions_are_masked_in_both(tiny_model_dir, tmp_path):
     """The EOS bias does make some completions stop early, so masking the truncated ones is exercised."""
     grpo, _ = train_pair(text_pipeline(tiny_model_dir, tmp_path, **OPTIONS["truncation_entropy_delta"]))
@@ -104,4 +121,5 @@ def test_chunked_options(tiny_model_dir, tmp_path):
     options = dict(OPTIONS["truncation_entropy_delta"], entropy_coef=0.01, per_device_train_batch_size=12,
                    num_generations=4)
     grpo, opid = train_pair(text_pipeline(tiny_model_dir, tmp_path, **options))
+    assert_chunked(grpo, opid)
     assert_same_training(grpo, opid, rel=1e-5, abs_=1e-7, update_rtol=5e-5)

@@ -96,6 +96,8 @@ def test_vision_language_model(tiny_vlm_dir, tmp_path, rows):
 
     grpo, opid = train_pair(build)
     assert opid.trainer._is_vlm
+    # image inputs (pixel_values, image_grid_thw) are not split by OPIDTrainer's chunked pass: GRPO's own loss runs
+    assert opid.grad_forward_rows == grpo.grad_forward_rows
     assert_same_training(grpo, opid)
     assert any("visual" in name for name in opid.weights)
     moved = [n for n in opid.weights if "visual" in n and not torch.equal(opid.initial[n], opid.weights[n])]

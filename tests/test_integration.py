@@ -143,6 +143,10 @@ def test_single_turn_mode_rejects_episode_outcome_settings(tiny_model_dir, tiny_
         OPIDTrainer(model=tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
                     args=tiny_config(tmp_path, outcome_norm="mean_norm"),
                     train_dataset=Dataset.from_list([{"prompt": "Say hi."}] * 4), processing_class=tiny_tokenizer)
+    with pytest.raises(ValueError, match="outcome_grouping"):
+        OPIDTrainer(model=tiny_model_dir, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                    args=tiny_config(tmp_path, outcome_grouping="step"),
+                    train_dataset=Dataset.from_list([{"prompt": "Say hi."}] * 4), processing_class=tiny_tokenizer)
 
 
 def test_scale_rewards_normalizes_episode_outcomes(tiny_model_dir, tiny_tokenizer, tmp_path):

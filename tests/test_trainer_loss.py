@@ -87,3 +87,48 @@ def test_non_finite_loss_stops_before_the_step(tiny_model_dir, tiny_tokenizer, t
     trainer.model.train()
     with pytest.raises(FloatingPointError, match="weights and the last checkpoint"):
         trainer.compute_loss(trainer.model, inputs)
+
+
+def test_chunked_loss_with_dropout_replays_the_masks_of_its_weights(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """With dropout, each chunk's grad forward must draw the masks of the no-grad pass that gave the
+    per-token loss weights: the gradient is then exactly that of the loss over those chunk forwards."""
+    from trl import GRPOTrainer
+
+    advantages = torch.tensor([[1.0, -0.5, 0.2, 0.0], [0.3, 0.3, -1.0, 2.0], [0.0, 1.0, 1.0, 1.0],
+                               [-2.0, 0.1, 0.0, 0.4], [0.5, 0.5, 0.5, 0.5]])
+    trainer = make_trainer(tiny_model_dir, tiny_tokenizer, tmp_path, beta=0.0, max_rows_per_forward=2,
+                           entropy_coef=0.01)
+    model = trainer.model
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5
+    model.train()
+    inputs = batch(trainer, advantages)
+    inputs["old_per_token_logps"] = torch.full((5, 4), -6.0)
+    input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+    attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+
+    def forward(rows):
+        return GRPOTrainer._get_per_token_logps_and_entropies(trainer, model, input_ids[rows], attention_mask[rows], 4,
+                                                              compute_entropy=True)[:2]
+
+    assert not torch.equal(forward(slice(0, 2))[0], forward(slice(0, 2))[0])  # dropout is really on
+
+    def gradient(loss):  # the chunked loss back-propagates its first chunks itself: grads start at 0 before it
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    model.zero_grad()
+    torch.manual_seed(123)  # reference: the loss over the chunks' own grad forwards, one graph
+    parts = [forward(slice(start, start + 2)) for start in range(0, 5, 2)]
+    trainer._precomputed_loss_inputs = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    try:
+        reference_loss = trainer._compute_loss(model, inputs)
+    finally:
+        trainer._precomputed_loss_inputs = None
+    reference = gradient(reference_loss)
+    model.zero_grad()
+    torch.manual_seed(123)  # the chunked path: no-grad pass, weights, then replayed grad forwards
+    loss = trainer.compute_loss(model, inputs)
+    assert loss.item() == pytest.approx(reference_loss.item(), rel=1e-6)
+    assert torch.allclose(gradient(loss), reference, rtol=1e-5, atol=1e-8)
