@@ -63,12 +63,15 @@ def episode_step_advantages(
     invalid_action_penalty: float,
     norm: str = "mean_std_norm",
     grouping: str = "trajectory",
+    failed: Sequence[bool] | None = None,
 ) -> list[list[float]]:
     """Outcome advantage of every step of every episode.
 
     ``episode_outcomes`` are the environment returns (without penalties); ``step_invalid[e][t]`` says
-    whether step t of episode e was ill-formed. An episode with no step (its reset failed) has no
-    row to train and is left out of its group's statistics: its 0 is not an outcome.
+    whether step t of episode e was ill-formed. An episode with no step (its reset failed) or
+    marked in ``failed`` (its environment raised, hung or answered garbage) has no outcome: it is
+    left out of its group's statistics and its steps get advantage 0 (the trainer also masks them
+    out of the loss), so a crash can neither outscore nor drag down the siblings that played.
 
     - ``grouping='trajectory'`` (the paper): each episode's score is its return minus the penalty
       times its number of invalid steps; statistics over the episodes of a group; every step of an
@@ -77,19 +80,24 @@ def episode_step_advantages(
       minus the penalty if that step was invalid; statistics over all step samples of the group,
       so longer episodes weigh more; each step gets its own advantage.
     """
+    failed = list(failed) if failed is not None else [False] * len(step_invalid)
     if grouping == "trajectory":
-        played = [e for e, inv in enumerate(step_invalid) if len(inv) > 0]
+        played = [e for e, inv in enumerate(step_invalid) if len(inv) > 0 and not failed[e]]
         scores = [episode_outcomes[e] - invalid_action_penalty * sum(step_invalid[e]) for e in played]
         per_episode = dict(zip(played, outcome_advantages(scores, [episode_groups[e] for e in played], norm).tolist()))
         return [[per_episode.get(e, 0.0)] * len(inv) for e, inv in enumerate(step_invalid)]
     if grouping == "step":
         scores, groups = [], []
-        for r, g, inv in zip(episode_outcomes, episode_groups, step_invalid):
-            scores.extend(r - invalid_action_penalty * float(bad) for bad in inv)
-            groups.extend([g] * len(inv))
+        for r, g, inv, bad_episode in zip(episode_outcomes, episode_groups, step_invalid, failed):
+            if not bad_episode:
+                scores.extend(r - invalid_action_penalty * float(bad) for bad in inv)
+                groups.extend([g] * len(inv))
         flat = outcome_advantages(scores, groups, norm).tolist()
         out, start = [], 0
-        for inv in step_invalid:
+        for inv, bad_episode in zip(step_invalid, failed):
+            if bad_episode:
+                out.append([0.0] * len(inv))
+                continue
             out.append(flat[start : start + len(inv)])
             start += len(inv)
         return out

@@ -19,7 +19,7 @@ from .routing import RoutedSkill
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-    from .rollout import Episode
+    from .rollout import Episode, EpisodeRunner
     from .skill_scoring import SkillScores
 
 
@@ -58,15 +58,15 @@ class BatchMetrics:
         self.log(mode, "sampling/logp_gap_mean", total / count if count else 0.0)
         self.log(mode, "sampling/logp_gap_max", self.global_max(gap))
 
-    def episodes(self, mode: str, episodes: Sequence[Episode], num_rows: int, env_errors: int,
-                 prompt_overflows: int, rollout_seconds: float) -> None:
+    def episodes(self, mode: str, episodes: Sequence[Episode], num_rows: int, runner: EpisodeRunner,
+                 rollout_seconds: float) -> None:
         steps = [s for ep in episodes for s in ep.steps]
         totals = self.global_sum([
             len(episodes), sum(ep.won for ep in episodes), len(steps), sum(not s.action_valid for s in steps),
             sum(ep.env_return for ep in episodes), sum(ep.env_return**2 for ep in episodes), num_rows,
-            env_errors, prompt_overflows,
+            runner.env_errors, runner.prompt_overflows, runner.token_cuts,
         ])
-        n_ep, n_won, n_steps, n_invalid, r_sum, r_sq, n_rows, n_err, n_overflow = totals
+        n_ep, n_won, n_steps, n_invalid, r_sum, r_sq, n_rows, n_err, n_overflow, n_token_cuts = totals
         mean_r = r_sum / max(n_ep, 1)
         self.log(mode, "env/success_rate", n_won / max(n_ep, 1))
         self.log(mode, "env/episode_length", n_steps / max(n_ep, 1))
@@ -74,6 +74,7 @@ class BatchMetrics:
         self.log(mode, "env/rows", n_rows)
         self.log(mode, "env/errors", n_err)
         self.log(mode, "env/prompt_overflow", n_overflow)
+        self.log(mode, "env/prompt_token_cut", n_token_cuts)
         self.log(mode, "reward", mean_r)
         self.log(mode, "reward_std", math.sqrt(max(r_sq / max(n_ep, 1) - mean_r**2, 0.0)))
         self.log(mode, "time/rollout", rollout_seconds)

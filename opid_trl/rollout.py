@@ -5,13 +5,19 @@ all still-active episodes; the batch waits for its slowest generation) and async
 episode advances on its own thread, sending its own requests; an engine that batches
 continuously, such as a vLLM server, keeps generating while other episodes step their
 environments).
+
+An environment that raises, hangs past `step_timeout`, or returns something that is not a
+:class:`StepResult` fails its episode, never the run: the episode is marked failed (``error``),
+ends there, is never a success, and is left out of the advantages and the loss by the trainer.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +26,7 @@ from typing import Any
 from environments.base import AgentEnvironment, HistoryEntry, PromptView, StepResult
 
 from .generation import GenerationBackend, Sample, sample_with
+from .prompt_budget import FittedPrompts, fit_prompts
 from .routing import inject
 from .trajectory import StepRecord, Trajectory
 
@@ -41,6 +48,8 @@ class Episode:
     views: list[PromptView] = field(default_factory=list)
     #: How many history steps each step's prompt showed (the longest window that fit the budget).
     history_windows: list[int] = field(default_factory=list)
+    #: Per step: how its prompt was cut to fit the budget (None, "observation" or "tokens").
+    prompt_cuts: list[str | None] = field(default_factory=list)
     prompt_ids: list[list[int]] = field(default_factory=list)
     completion_ids: list[list[int]] = field(default_factory=list)
     #: The sampler's log-prob of every token of ``completion_ids`` (None where the engine gives none).
@@ -55,13 +64,19 @@ class Episode:
     task: str = ""
 
     @property
+    def failed(self) -> bool:
+        """Whether the environment failed this episode (it raised, hung, or answered garbage)."""
+        return self.error is not None
+
+    @property
     def env_return(self) -> float:
         """Sum of environment rewards (invalid-action penalties not included)."""
         return sum(step.reward for step in self.steps)
 
     def skill_prompt(self, t: int, episode_skill: str | None, step_skill: str | None) -> str:
         """Step ``t``'s prompt with the skill(s) injected: the same template over the same history
-        window the policy saw (never re-fitted, so the log-prob shift is the skill's alone)."""
+        window (and the same cut observation) the policy saw, never re-fitted, so the log-prob
+        shift is the skill's alone."""
         view = self.views[t]
         prompt = self.env.render_prompt(view, self.history_windows[t])
         return inject(prompt, episode_skill, step_skill, task=view.task, anchor=self.env.instruction_anchor)
@@ -83,42 +98,6 @@ class Episode:
         return trajectory
 
 
-@dataclass
-class FittedPrompts:
-    """Prompts rendered to fit a token budget."""
-
-    texts: list[str]
-    token_ids: list[list[int]]
-    #: The history window each prompt was rendered with.
-    windows: list[int]
-    #: How many prompts exceed the budget even with no history.
-    overflow: int
-
-
-def fit_prompts(
-    renderers: Sequence[Callable[[int], str]], history_length: int, max_tokens: int, tokenize: Tokenize
-) -> FittedPrompts:
-    """Render every prompt with the longest history window that fits ``max_tokens``.
-
-    ``renderers[i](k)`` renders prompt i with its last k history steps. Prompts over budget are
-    re-rendered with one step fewer, in batches, down to no history at all; the task statement is
-    never cut.
-    """
-    texts = [render(history_length) for render in renderers]
-    ids = tokenize(texts)
-    windows = [history_length] * len(texts)
-    pending = [i for i, row in enumerate(ids) if len(row) > max_tokens]
-    k = history_length
-    while pending and k > 0:
-        k -= 1
-        new_texts = [renderers[i](k) for i in pending]
-        new_ids = tokenize(new_texts)
-        for i, text, row in zip(pending, new_texts, new_ids):
-            texts[i], ids[i], windows[i] = text, row, k
-        pending = [i for i in pending if len(ids[i]) > max_tokens]
-    return FittedPrompts(texts, ids, windows, len(pending))
-
-
 class EpisodeRunner:
     """Plays a batch of tasks to the end (turn-synchronous or asynchronous schedule)."""
 
@@ -131,6 +110,7 @@ class EpisodeRunner:
         history_length: int,
         max_prompt_length: int,
         step_workers: int = 0,
+        step_timeout: float | None = None,
     ) -> None:
         self.env_factory = env_factory
         self.tokenize = tokenize
@@ -139,9 +119,11 @@ class EpisodeRunner:
         self.history_length = history_length
         self.max_prompt_length = max_prompt_length
         self.step_workers = step_workers
+        self.step_timeout = step_timeout
         self._pool: list[AgentEnvironment] = []
         self._executor = ThreadPoolExecutor(step_workers) if step_workers > 0 else None
         self.prompt_overflows = 0
+        self.token_cuts = 0
         self.env_errors = 0
         # Asynchronous episodes share the tokenizer (not safe across threads) and the counters.
         self._lock = threading.Lock()
@@ -152,13 +134,32 @@ class EpisodeRunner:
         return self._pool[:count]
 
     def _map(self, fn: Callable, items: Sequence) -> list:
+        if self.step_timeout is not None:
+            return self._map_timed(fn, items)
         if self._executor is None or len(items) < 2:
             return [fn(item) for item in items]
         return list(self._executor.map(fn, items))
 
-    def render(self, episode: Episode, view: PromptView) -> Callable[[int], str]:
-        """Renderer of ``view`` by ``episode``'s environment, for :func:`fit_prompts`."""
-        return lambda k: episode.env.render_prompt(view, k)
+    def _map_timed(self, fn: Callable, items: Sequence) -> list:
+        """``fn`` over ``items`` in parallel, each call bounded by `step_timeout`: a call past it
+        returns a `TimeoutError` and its environment is abandoned. Calls run on daemon threads, so
+        a call that never returns keeps neither the batch nor the interpreter's exit waiting."""
+        calls = [_TimedCall(fn, item) for item in items]
+        deadline = time.monotonic() + self.step_timeout
+        results = []
+        for item, call in zip(items, calls):
+            if call.wait(max(deadline - time.monotonic(), 0.0)):
+                results.append(call.result)
+                continue
+            episode = item[0] if isinstance(item, tuple) else item
+            self._abandon(episode.env)
+            results.append(TimeoutError(f"no answer within step_timeout={self.step_timeout} s"))
+        return results
+
+    def _abandon(self, env: AgentEnvironment) -> None:
+        """Drop a hung environment from the pool: the next batch builds a fresh one."""
+        with self._lock:
+            self._pool = [e for e in self._pool if e is not env]
 
     def run(
         self,
@@ -173,6 +174,7 @@ class EpisodeRunner:
         ``asynchronous`` plays each episode on its own thread (the backend must be `thread_safe`).
         """
         self.prompt_overflows = 0
+        self.token_cuts = 0
         self.env_errors = 0
         episodes = [
             Episode(env=env, task_row=task, group_id=g, trajectory_id=tid)
@@ -185,7 +187,8 @@ class EpisodeRunner:
             with ThreadPoolExecutor(max(len(episodes), 1), thread_name_prefix="opid-episode") as pool:
                 list(pool.map(lambda ep: self._play_alone(ep, backend), episodes))
         else:
-            self._map(self._reset, episodes)
+            for episode, failure in zip(episodes, self._map(_reset, episodes)):
+                self._after_reset(episode, failure)
             for turn in range(self.max_turns):
                 active = [ep for ep in episodes if not ep.done]
                 if not active:
@@ -195,14 +198,14 @@ class EpisodeRunner:
                 samples = sample_with(backend, fitted.token_ids)
                 responses = self.decode([s.token_ids for s in samples])
                 results = self._map(_play, list(zip(active, responses)))
-                for item in zip(active, views, fitted.windows, fitted.token_ids, samples, responses, results):
-                    self._record(*item)
+                for i, (ep, sample, response, result) in enumerate(zip(active, samples, responses, results)):
+                    self._record(ep, fitted, i, sample, response, result)
         self.env_errors = sum(ep.error is not None for ep in episodes)
         return episodes
 
     def _play_alone(self, episode: Episode, backend: GenerationBackend) -> None:
         """One episode to the end, one request per turn (asynchronous schedule)."""
-        self._reset(episode)
+        self._after_reset(episode, self._map(_reset, [episode])[0])
         for turn in range(self.max_turns):
             if episode.done:
                 break
@@ -212,18 +215,15 @@ class EpisodeRunner:
             sample = sample_with(backend, fitted.token_ids)[0]  # the slow part runs unlocked: the engine batches
             with self._lock:
                 response = self.decode([sample.token_ids])[0]
-            result = _play((episode, response))
+            result = self._map(_play, [(episode, response)])[0]
             with self._lock:
-                self._record(episode, view, fitted.windows[0], fitted.token_ids[0], sample, response, result)
+                self._record(episode, fitted, 0, sample, response, result)
 
-    def _reset(self, episode: Episode) -> None:
-        try:
-            episode.observation = episode.env.reset(episode.task_row)
-            episode.task_type = episode.env.task_type
-            episode.task = episode.env.task_description
-        except Exception as exc:  # an engine failure ends this episode, never the run
-            episode.done, episode.error = True, f"reset: {type(exc).__name__}: {exc}"
-            logger.warning("environment reset failed for %s: %s", episode.trajectory_id, episode.error)
+    def _after_reset(self, episode: Episode, failure: Exception | None) -> None:
+        if failure is None:
+            return
+        episode.done, episode.error = True, f"reset: {type(failure).__name__}: {failure}"
+        logger.warning("environment reset failed for %s: %s", episode.trajectory_id, episode.error)
 
     @staticmethod
     def _view(episode: Episode, turn: int) -> PromptView:
@@ -236,35 +236,30 @@ class EpisodeRunner:
         )
 
     def _fit(self, episodes: Sequence[Episode], views: Sequence[PromptView]) -> FittedPrompts:
-        fitted = fit_prompts(
-            [self.render(ep, view) for ep, view in zip(episodes, views)],
-            self.history_length,
-            self.max_prompt_length,
-            self.tokenize,
-        )
+        fitted = fit_prompts(views, [ep.env.render_prompt for ep in episodes], self.history_length,
+                             self.max_prompt_length, self.tokenize)
         self.prompt_overflows += fitted.overflow
+        self.token_cuts += sum(cut == "tokens" for cut in fitted.cuts)
         return fitted
 
-    def _record(self, ep: Episode, view: PromptView, window: int, prompt_ids: list[int], sample: Sample,
-                response: str, result: StepResult | Exception) -> None:
-        """Append one step (its row and its environment outcome) to ``ep``."""
+    def _record(self, ep: Episode, fitted: FittedPrompts, i: int, sample: Sample, response: str,
+                result: StepResult | Exception) -> None:
+        """Append one step (row ``i`` of ``fitted`` and its environment outcome) to ``ep``."""
         turn = len(ep.steps)
-        ep.views.append(view)
-        ep.history_windows.append(window)
-        ep.prompt_ids.append(prompt_ids)
+        ep.views.append(fitted.views[i])
+        ep.history_windows.append(fitted.windows[i])
+        ep.prompt_cuts.append(fitted.cuts[i])
+        ep.prompt_ids.append(fitted.token_ids[i])
         ep.completion_ids.append(sample.token_ids)
         ep.sampling_logps.append(sample.logprobs)
-        if isinstance(result, Exception):
-            ep.error = f"step {turn}: {type(result).__name__}: {result}"
+        problem = _step_result_problem(result)
+        if problem is not None:
+            ep.error = f"step {turn}: {problem} ({type(ep.env).__name__})"
             logger.warning("environment step failed for %s: %s", ep.trajectory_id, ep.error)
             ep.steps.append(StepRecord(index=turn, observation=ep.observation, response=response,
                                        action=None, action_valid=True, reward=0.0))
-            ep.done = True
+            ep.done, ep.won = True, False
             return
-        if not math.isfinite(result.reward):
-            ep.error = f"step {turn}: non-finite reward {result.reward!r} replaced by 0"
-            logger.warning("environment returned a non-finite reward for %s", ep.trajectory_id)
-            result.reward = 0.0
         ep.steps.append(
             StepRecord(
                 index=turn,
@@ -285,6 +280,42 @@ class EpisodeRunner:
         ep.done = result.done
 
 
+class _TimedCall:
+    """``fn(item)`` on a daemon thread; `wait` says whether it finished in time."""
+
+    def __init__(self, fn: Callable, item: Any) -> None:
+        self.result: Any = None
+        self._done = threading.Event()
+        self._fn, self._item = fn, item
+        threading.Thread(target=self._run, name="opid-env-call", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._fn(self._item)
+        except Exception as exc:  # noqa: BLE001 - returned to the caller like the call's own failures
+            self.result = exc
+        finally:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
+def _reset(episode: Episode) -> Exception | None:
+    """Reset ``episode``'s environment on its task; a failure is returned, not raised."""
+    try:
+        observation = episode.env.reset(episode.task_row)
+        if not isinstance(observation, str):
+            return TypeError(f"{type(episode.env).__name__}.reset returned {type(observation).__name__}, "
+                             "expected the first observation as a str")
+        episode.observation = observation
+        episode.task_type = episode.env.task_type
+        episode.task = episode.env.task_description
+    except Exception as exc:  # an engine failure ends this episode, never the run
+        return exc
+    return None
+
+
 def _play(item: tuple[Episode, str]) -> StepResult | Exception:
     """Step ``episode``'s environment with ``response``; an exception is returned, not raised."""
     episode, response = item
@@ -292,3 +323,20 @@ def _play(item: tuple[Episode, str]) -> StepResult | Exception:
         return episode.env.step(response)
     except Exception as exc:  # recorded on the episode by EpisodeRunner._record
         return exc
+
+
+def _step_result_problem(result: Any) -> str | None:
+    """What is wrong with what `step` returned (None when it is a well-formed `StepResult`)."""
+    if isinstance(result, Exception):
+        return f"{type(result).__name__}: {result}"
+    if not isinstance(result, StepResult):
+        return f"step returned {type(result).__name__}, expected a StepResult"
+    if not isinstance(result.observation, str):
+        return f"StepResult.observation is {type(result.observation).__name__}, expected str"
+    if isinstance(result.reward, bool) or not isinstance(result.reward, numbers.Real):
+        return f"StepResult.reward is {type(result.reward).__name__} ({result.reward!r}), expected a number"
+    if not math.isfinite(result.reward):
+        return f"non-finite reward {result.reward!r}"
+    if not isinstance(result.done, (bool, int)) or not isinstance(result.won, (bool, int)):
+        return "StepResult.done / won must be booleans"
+    return None

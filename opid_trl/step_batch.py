@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypedDict
 
 import torch
@@ -60,6 +60,9 @@ class StepRows:
     locations: list[tuple[int, int]]
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
+    #: Per real row: whether its episode failed (the environment raised, hung or answered garbage);
+    #: such rows are kept for the shapes but masked out of the loss.
+    excluded: list[bool] = field(default_factory=list)
 
     @property
     def num_real(self) -> int:
@@ -93,7 +96,7 @@ def collect_step_rows(episodes: Sequence[Episode], row_count: int, pad_token_id:
     num_padding = row_count - len(locations)
     prompts += [prompts[0] if prompts else [pad_token_id]] * num_padding
     completions += [completions[0] if completions else [pad_token_id]] * num_padding
-    return StepRows(locations, prompts, completions)
+    return StepRows(locations, prompts, completions, [episodes[e].failed for e, _ in locations])
 
 
 def pad_token_lists(sequences: Sequence[Sequence[int]], pad_token_id: int, side: str,
@@ -109,12 +112,13 @@ def row_tensors(rows: StepRows, pad_token_id: int, device: torch.device | str,
                 eos_token_ids: Sequence[int] | None = None) -> tuple[torch.Tensor, ...]:
     """(prompt_ids, prompt_mask, completion_ids, completion_mask) of ``rows``.
 
-    Padding rows get a zero completion mask. With ``eos_token_ids`` (TRL's
-    `mask_truncated_completions`), rows whose completion does not end with EOS are masked too.
+    Padding rows and rows of failed episodes get a zero completion mask. With ``eos_token_ids``
+    (TRL's `mask_truncated_completions`), rows whose completion does not end with EOS are masked too.
     """
     prompt_ids, prompt_mask = pad_token_lists(rows.prompt_ids, pad_token_id, "left", device)
     completion_ids, completion_mask = pad_token_lists(rows.completion_ids, pad_token_id, "right", device)
-    keep = [1.0] * rows.num_real + [0.0] * rows.num_padding
+    excluded = rows.excluded or [False] * rows.num_real
+    keep = [0.0 if bad else 1.0 for bad in excluded] + [0.0] * rows.num_padding
     if eos_token_ids is not None:
         eos = set(eos_token_ids)
         keep = [k if ids and ids[-1] in eos else 0.0 for k, ids in zip(keep, rows.completion_ids)]
@@ -135,3 +139,26 @@ def per_row(values: Sequence[Sequence[float]], rows: StepRows, device: torch.dev
     """``values[e][t]`` of every real row, 0 on padding rows: a (B,) float tensor."""
     flat = [values[e][t] for e, t in rows.locations] + [0.0] * rows.num_padding
     return torch.tensor(flat, dtype=torch.float32, device=device)
+
+
+#: Per-token batch entries whose non-finite values would reach the loss.
+_CHECKED_KEYS = ("advantages", "old_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio")
+
+
+def mask_nonfinite_rows(batch: OPIDBatch) -> int:
+    """Mask out of the loss every row holding a NaN/inf on its sampled tokens (advantage, old or
+    reference log-prob, importance weight); those entries are set to 0 so that no NaN reaches the
+    optimizer even through a zero weight. Returns how many rows were masked."""
+    mask = batch["completion_mask"].bool()
+    bad = torch.zeros(mask.size(0), dtype=torch.bool, device=mask.device)
+    for key in _CHECKED_KEYS:
+        values = batch.get(key)
+        if values is not None and values.dim() == 2:
+            bad |= (~torch.isfinite(values) & mask).any(dim=1)
+    if bad.any():
+        batch["completion_mask"] = batch["completion_mask"] * (~bad).to(batch["completion_mask"].dtype).unsqueeze(1)
+        for key in _CHECKED_KEYS:
+            values = batch.get(key)
+            if values is not None and values.dim() == 2:
+                batch[key] = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    return int(bad.sum())

@@ -55,8 +55,8 @@ from .skill_analysis import AnalysisResult, SkillAnalysis
 from .skill_extractors import SkillExtractorLike, as_skill_extractor
 from .skill_scoring import (SKILL_LOGPS_KEYS, RenderSkillPrompt, ScoreRows, SkillScores, TokenizePrompts,
                             engine_old_logps, engine_score_rows, plan_skill_passes, score_skills)
-from .step_batch import (OPIDBatch, StepRows, collect_step_rows, pad_token_lists, padded_row_count, per_row,
-                         ragged_rows, row_tensors)
+from .step_batch import (OPIDBatch, StepRows, collect_step_rows, mask_nonfinite_rows, pad_token_lists,
+                         padded_row_count, per_row, ragged_rows, row_tensors)
 from .trajectory import StepRecord, Trajectory
 from .vllm_backend import make_vllm_backend, sampler_logprobs_are_plain
 
@@ -224,6 +224,7 @@ class OPIDTrainer(GRPOTrainer):
             history_length=self.history_length,
             max_prompt_length=args.max_prompt_length,
             step_workers=args.env_step_workers,
+            step_timeout=args.env_step_timeout,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -565,7 +566,6 @@ class OPIDTrainer(GRPOTrainer):
             prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
             completion_mask=completion_mask,
             advantages=advantages.unsqueeze(1).expand_as(completion_mask).clone(),
-            num_items_in_batch=self.accelerator.gather(completion_mask.sum()).sum(),
         )
         sampling_logps = self._sampling_logps(episodes, rows, completion_ids.size(1))
         self._policy_passes(mode, batch, sampling_logps, skills_active)
@@ -581,12 +581,19 @@ class OPIDTrainer(GRPOTrainer):
                 return episodes[e].skill_prompt(t, episode_skill, step_skill)
 
             def row_routing(per_episode: list[list[RoutedSkill]]) -> list[RoutedSkill]:
-                return [per_episode[e][t] for e, t in rows.locations] + [RoutedSkill()] * rows.num_padding
+                # No skill for rows out of the loss (failed episodes) or whose prompt had to be cut
+                # token-wise (it cannot be re-rendered faithfully with a skill).
+                return [RoutedSkill() if episodes[e].failed or episodes[e].prompt_cuts[t] == "tokens"
+                        else per_episode[e][t] for e, t in rows.locations] + [RoutedSkill()] * rows.num_padding
 
             self._add_skills(mode, batch, analysis, trajectories, row_routing, render, self._tokenize_texts,
                              engine_rows)
-        self.batch_metrics.episodes(mode, episodes, rows.num_real, self._runner.env_errors,
-                                    self._runner.prompt_overflows, rollout_seconds)
+        masked = mask_nonfinite_rows(batch)
+        if masked:
+            logger.warning("%d step rows hold non-finite advantages or log-probs; masked out of the loss", masked)
+        batch["num_items_in_batch"] = self.accelerator.gather(batch["completion_mask"].sum()).sum()
+        self.batch_metrics.log(mode, "numerics/masked_rows", self.batch_metrics.global_sum([masked])[0])
+        self.batch_metrics.episodes(mode, episodes, rows.num_real, self._runner, rollout_seconds)
         if args.log_completions:
             self._log_episode_rows(episodes, rows, step_advantages)
         return batch
@@ -606,13 +613,14 @@ class OPIDTrainer(GRPOTrainer):
     def _episode_outcome_advantages(self, episodes: list[Episode]) -> list[list[float]]:
         """A_ep of every step of this process's episodes, from groups that may span processes."""
         args = self.args
-        summaries = gather_object([(ep.group_id, ep.env_return, [not s.action_valid for s in ep.steps])
+        summaries = gather_object([(ep.group_id, ep.env_return, [not s.action_valid for s in ep.steps], ep.failed)
                                    for ep in episodes])
         counts = gather_object([len(episodes)])
         first = sum(counts[: self.accelerator.process_index])
         return episode_step_advantages(
             [s[1] for s in summaries], [s[0] for s in summaries], [s[2] for s in summaries],
             args.invalid_action_penalty, args.episode_outcome_norm, args.outcome_grouping,
+            failed=[s[3] for s in summaries],
         )[first : first + len(episodes)]
 
     def _policy_passes(self, mode: str, batch: OPIDBatch, sampling_logps: torch.Tensor | None,

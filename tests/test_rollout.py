@@ -5,8 +5,9 @@ import contextlib
 import pytest
 
 from environments import FetchEnvironment, make_fetch_task
-from environments.base import AgentEnvironment
-from opid_trl.rollout import EpisodeRunner, fit_prompts
+from environments.base import AgentEnvironment, HistoryEntry, PromptView
+from opid_trl.prompt_budget import fit_prompts
+from opid_trl.rollout import EpisodeRunner
 
 
 def word_tokenize(texts):
@@ -14,16 +15,19 @@ def word_tokenize(texts):
 
 
 def test_fit_prompts_drops_oldest_history_first_and_keeps_task():
-    def renderer(i):
-        return lambda k: " ".join(["TASK"] + [f"h{j}" for j in range(5 - k, 5)] + ["OBS"] * (i + 1))
+    def view(i):
+        return PromptView(task="TASK", step=0, observation=" ".join(["OBS"] * (i + 1)), admissible_actions=(),
+                          history=tuple(HistoryEntry("", f"h{j}") for j in range(5)))
 
-    fitted = fit_prompts([renderer(0), renderer(3), renderer(20)], 4, 5, word_tokenize)
+    def render(v, k):
+        return " ".join(["TASK"] + [h.action for h in v.history[len(v.history) - k:]] + [v.observation])
+
+    fitted = fit_prompts([view(0), view(3)], [render, render], 4, 5, word_tokenize)
     texts, ids = fitted.texts, fitted.token_ids
     assert texts[0] == "TASK h2 h3 h4 OBS"  # 3 history steps fit in 5 tokens
     assert texts[1] == "TASK OBS OBS OBS OBS"  # no history left
-    assert texts[2].startswith("TASK") and fitted.overflow == 1  # over budget even without history: kept whole
-    assert [len(row) for row in ids[:2]] == [5, 5]
-    assert fitted.windows == [3, 0, 0]  # the window each prompt was rendered with
+    assert [len(row) for row in ids] == [5, 5]
+    assert fitted.windows == [3, 0] and fitted.cuts == [None, None] and fitted.overflow == 0
 
 
 class ExpertBackend:
