@@ -162,3 +162,14 @@ def test_scale_rewards_normalizes_episode_outcomes(tiny_model_dir, tiny_tokenize
         episodes.append(ep)
     # scale_rewards='none': R - group mean (mean 3), no division by the std
     assert trainer._episode_outcome_advantages(episodes) == [[7.0], [-3.0], [-3.0], [-1.0]]
+
+
+def test_critical_steps_fall_back_to_the_episode_skill_without_step_weight(tiny_model_dir, tiny_tokenizer, tmp_path):
+    # The reference's step-priority behaviour: with skill_coef_step = 0, a critical step is scored
+    # under the episode skill instead of getting no skill signal.
+    trainer = OPIDTrainer(model=tiny_model_dir, args=tiny_config(tmp_path, max_steps=1, beta=0.0, skill_coef_step=0.0),
+                          train_dataset=tasks(), processing_class=tiny_tokenizer, environment="fetch",
+                          skill_extractor=RecordingExtractor())
+    (h,) = train(trainer)
+    assert h["skill/routed_episode_frac"] == 1.0 and h["skill/routed_step_frac"] == 0.0
+    assert h["skill/episode_rows_scored"] == h["env/rows"]
