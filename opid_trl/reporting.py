@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 PLOTS = {
     "success_rate": ["env/success_rate", "eval_env/success_rate"],
@@ -16,21 +20,65 @@ PLOTS = {
 }
 
 
+def parse_jsonl(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """The (line, record) pairs of a JSONL file and how many lines are not a record: a process
+    killed in the middle of a write leaves its last line cut short."""
+    parsed, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            torn += 1
+            continue
+        if isinstance(record, dict):
+            parsed.append((line, record))
+        else:
+            torn += 1
+    return parsed, torn
+
+
+def ends_with_newline(path: Path) -> bool:
+    """Whether the next append starts a line of its own (a write cut just before its newline
+    would glue the next record onto the last one)."""
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def rewrite_jsonl(path: Path, lines: list[str]) -> None:
+    """Replace ``path`` by ``lines`` through a temporary file and a rename, so that a crash during
+    the rewrite leaves the old file, not half of the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
 class MetricsJSONLCallback(TrainerCallback):
     """Appends each `Trainer.log` call (with its global step) to ``<output_dir>/metrics.jsonl``.
 
-    On resume the file is cut back to the checkpoint's step, so the records of a resumed run are
-    those of an uninterrupted one.
+    At the start of training the file is cut back to the step training starts from (the resumed
+    checkpoint's, 0 for a fresh run), so the records of a resumed run are those of an uninterrupted
+    one. A line cut short by a crash is dropped there with a warning: appending after it would
+    glue the next record onto it.
     """
 
     def __init__(self, output_dir: str | Path) -> None:
         self.path = Path(output_dir) / "metrics.jsonl"
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.path.exists() and state.global_step > 0:
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= state.global_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if not (state.is_world_process_zero and self.path.exists()):
+            return
+        parsed, torn = parse_jsonl(self.path)
+        kept = [line for line, record in parsed if record.get("step", 0) <= state.global_step]
+        if torn:
+            logger.warning("%s: dropped %d unreadable line(s), cut short by an interrupted write",
+                           self.path, torn)
+        if torn or len(kept) < len(parsed) or not ends_with_newline(self.path):
+            rewrite_jsonl(self.path, kept)
 
     def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -41,7 +89,11 @@ class MetricsJSONLCallback(TrainerCallback):
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics file; a line cut short by a crash is skipped with a warning."""
+    parsed, torn = parse_jsonl(Path(path))
+    if torn:
+        logger.warning("%s: skipped %d unreadable line(s)", path, torn)
+    return [record for _, record in parsed]
 
 
 def plot_metrics(metrics_file: str | Path, out_dir: str | Path) -> list[Path]:

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any
@@ -44,8 +45,10 @@ from environments.base import AgentEnvironment
 from .advantages import episode_step_advantages, opid_advantages
 from .audit import AnalysisAuditLog
 from .batch_metrics import BatchMetrics
+from .checkpoints import CheckpointCompletionCallback
 from .config import OPIDConfig
 from .episode_settings import resolve_episode_settings
+from .heatmap_recorder import HeatmapRecorder
 from .generation import GenerationBackend, ScoringBackend, TransformersGenerationBackend
 from .importance_sampling import vllm_importance_ratio
 from .rollout import Episode, EpisodeRunner
@@ -66,7 +69,7 @@ EnvironmentSpec = str | Callable[[], AgentEnvironment] | None
 #: Batch keys TRL's `_compute_loss` reads that the chunked loss path knows how to split.
 _LOSS_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch",
               "old_per_token_logps", "old_per_token_entropies", "ref_per_token_logps", "sampling_per_token_logps",
-              "importance_sampling_ratio", "tool_mask", *SKILL_LOGPS_KEYS.values()}
+              "importance_sampling_ratio", "tool_mask", "opid_row_index", *SKILL_LOGPS_KEYS.values()}
 
 
 def environment_outcome(prompts: list, completions: list, **kwargs) -> list[float]:
@@ -103,6 +106,13 @@ def _vllm_engine_setup(args: OPIDConfig) -> Iterator[None]:
                 yield
             return
     yield
+
+
+def _prompt_text(prompt: Any) -> str:
+    """A rendered prompt as text: the last message's content for a chat prompt."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
+        return str(prompt[-1].get("content", ""))
+    return str(prompt)
 
 
 class OPIDTrainer(GRPOTrainer):
@@ -175,8 +185,13 @@ class OPIDTrainer(GRPOTrainer):
         if args.skill_logprob_backend == "vllm" and not isinstance(self.generation_backend, ScoringBackend):
             raise ValueError("skill_logprob_backend: 'vllm' needs a generation backend that can score tokens "
                              f"({type(self.generation_backend).__name__} cannot); use 'trainer'")
+        # Checkpoints are marked complete once written, so that a resume can tell a torn one.
+        if not any(isinstance(c, CheckpointCompletionCallback) for c in self.callback_handler.callbacks):
+            self.add_callback(CheckpointCompletionCallback())
         self.batch_metrics = BatchMetrics(self.accelerator, self._metrics)
         self.analysis = self._skill_analysis(extractor)
+        self.heatmaps = HeatmapRecorder(args.output_dir, self.accelerator.process_index, args.heatmap_rows,
+                                        on_report=self._log_heatmap_report) if args.heatmap_rows > 0 else None
         self._last_rewards_per_func: torch.Tensor | None = None
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._loss_batch: OPIDBatch | None = None
@@ -234,6 +249,11 @@ class OPIDTrainer(GRPOTrainer):
             return []
         prompt_ids, _, _ = self._tokenize_prompts([[{"role": "user", "content": t}] for t in texts])
         return [list(ids) for ids in prompt_ids]
+
+    def _trajectory_id(self, index: int) -> str:
+        """``<optimizer step>-<rollout>-<index>``: unique within a run, resumes included (the rollout
+        counter restarts on resume, the optimizer step does not)."""
+        return f"{self.state.global_step}-{self._rollout_count}-{index}"
 
     def _skills_active(self, mode: str) -> bool:
         """Whether this batch gets a skill advantage (training, extractor set, inside the window)."""
@@ -413,6 +433,9 @@ class OPIDTrainer(GRPOTrainer):
     def _complete_skill_advantages(self, batch: OPIDBatch, old_logps: torch.Tensor) -> None:
         """A_OPID of ``batch`` in place, from its pending skill scores and the old policy's log-probs."""
         skill_logps = {kind: batch.pop(key) for kind, key in SKILL_LOGPS_KEYS.items() if key in batch}
+        row_index = batch.pop("opid_row_index", None)
+        if self.heatmaps is not None and row_index is not None and self.heatmaps.pending:
+            self.heatmaps.complete(row_index.tolist(), old_logps)
         if not skill_logps:
             return
         args = self.args
@@ -427,14 +450,15 @@ class OPIDTrainer(GRPOTrainer):
     def _add_skills(self, mode: str, batch: OPIDBatch, analysis: Future[AnalysisResult],
                     trajectories: list[Trajectory], row_routing: Callable[[list[list[RoutedSkill]]], list[RoutedSkill]],
                     render: RenderSkillPrompt, tokenize: TokenizePrompts,
-                    engine_rows: tuple[list[list[int]], list[list[int]], torch.Tensor | None] | None) -> None:
+                    engine_rows: tuple[list[list[int]], list[list[int]], torch.Tensor | None] | None,
+                    row_info: Callable[[int], dict[str, Any]]) -> None:
         """Wait for the analysis, route, score the skill prompts, and add the skill advantage.
 
         ``row_routing`` maps the routing of every trajectory to the routing of every batch row.
         ``engine_rows`` (original prompt ids, completion ids, sampler log-probs) selects scoring on
         the rollout engine. The advantage is completed here when the old policy's log-probs are
         known (engine scoring, or an explicit old-policy pass), else in the loss step (pending
-        `*_skill_per_token_logps` keys).
+        `*_skill_per_token_logps` keys). ``row_info(row)`` describes a row for the heatmap records.
         """
         args = self.args
         wait_start = time.perf_counter()
@@ -463,11 +487,53 @@ class OPIDTrainer(GRPOTrainer):
                                          engine_rows[2] if plain else None, scores.scored_rows,
                                          tuple(completion_ids.shape), completion_ids.device)
         self._log_skill_batch(mode, scores, routed, result, len(trajectories))
+        if self.heatmaps is not None and mode == "train":
+            recorded = self.heatmaps.choose(scores.scored_rows)
+            self.heatmaps.stash(recorded, lambda i: self._describe_row(i, batch, routed, render, row_info),
+                                scores.logps, completion_mask)
+            if old_logps is not None:
+                self.heatmaps.complete(recorded, old_logps[recorded])
+            else:
+                batch["opid_row_index"] = torch.arange(completion_ids.size(0), device=completion_ids.device)
         for kind, logps in scores.logps.items():
             batch[SKILL_LOGPS_KEYS[kind]] = logps
         if old_logps is not None:
             self._complete_skill_advantages(batch, old_logps)
         self.batch_metrics.log(mode, "time/skill_scoring", time.perf_counter() - start)
+
+    def _describe_row(self, i: int, batch: OPIDBatch, routed: list[RoutedSkill], render: RenderSkillPrompt,
+                      row_info: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+        """What a heatmap record shows of row ``i`` besides its log-probs (see `HeatmapRecorder.stash`)."""
+        r, args = routed[i], self.args
+        length = int(batch["completion_mask"][i].sum())
+        tokens = batch["completion_ids"][i, :length].tolist()
+        return {
+            "global_step": self.state.global_step, **row_info(i),
+            "prompt": _prompt_text(render(i, None, None)),
+            "tokens": [self._tokenizer.decode([token]) for token in tokens],
+            "outcome_advantage": float(batch["advantages"][i, 0]),
+            "episode_skill": r.episode_skill, "step_skill": r.step_skill,
+            "episode_skill_prompt": _prompt_text(render(i, r.episode_skill, None)) if r.episode_skill else None,
+            "step_skill_prompt": _prompt_text(render(i, None, r.step_skill)) if r.step_skill else None,
+            "episode_coef": args.skill_coef_episode, "step_coef": args.skill_coef_step,
+        }
+
+    def _log_heatmap_report(self, step: int, report: Path) -> None:
+        """Hand a step's heatmap report to wandb (as HTML) and TensorBoard (as text) when they run."""
+        html = report.read_text()
+        report_to = self.args.report_to or []
+        if "wandb" in report_to:
+            with contextlib.suppress(Exception):
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.log({"skill_heatmap": wandb.Html(html)}, commit=False)
+        if "tensorboard" in report_to:
+            from transformers.integrations import TensorBoardCallback
+
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                    callback.tb_writer.add_text("skill_heatmap", html, step)
 
     def _log_skill_batch(self, mode: str, scores: SkillScores, routed: list[RoutedSkill], result: AnalysisResult,
                          num_trajectories: int) -> None:
@@ -514,8 +580,13 @@ class OPIDTrainer(GRPOTrainer):
                 [ids[m.bool()].tolist() for ids, m in zip(completion_ids.cpu(), completion_mask.cpu())],
                 output.get("sampling_per_token_logps"))
         output["advantages"] = output["advantages"].unsqueeze(1).expand_as(completion_mask).clone()
+        def row_info(i: int) -> dict[str, Any]:
+            t = trajectories[i]
+            return {"trajectory_id": t.trajectory_id, "step_index": 0, "episode_return": t.outcome,
+                    "success": t.success, "task_type": t.task_type}
+
         self._add_skills(mode, output, analysis, trajectories, lambda routing: [r[0] for r in routing], render,
-                         lambda items: [list(ids) for ids in self._tokenize_prompts(items)[0]], engine_rows)
+                         lambda items: [list(ids) for ids in self._tokenize_prompts(items)[0]], engine_rows, row_info)
         return output
 
     def _single_turn_trajectories(self, prompt_texts: list[str], completion_ids: torch.Tensor,
@@ -532,7 +603,7 @@ class OPIDTrainer(GRPOTrainer):
         offset = self.accelerator.process_index * rows
         trajectories = [
             Trajectory(
-                trajectory_id=f"{self._rollout_count}-{offset + i}",
+                trajectory_id=self._trajectory_id(offset + i),
                 group_id=(offset + i) // self.num_generations,
                 task=text,
                 steps=[StepRecord(index=0, observation=text, response=completion, reward=reward)],
@@ -586,8 +657,14 @@ class OPIDTrainer(GRPOTrainer):
                 return [RoutedSkill() if episodes[e].failed or episodes[e].prompt_cuts[t] == "tokens"
                         else per_episode[e][t] for e, t in rows.locations] + [RoutedSkill()] * rows.num_padding
 
+            def row_info(i: int) -> dict[str, Any]:
+                e, t = rows.locations[i]
+                return {"trajectory_id": episodes[e].trajectory_id, "step_index": t,
+                        "episode_return": episodes[e].env_return, "success": episodes[e].won,
+                        "task_type": episodes[e].task_type}
+
             self._add_skills(mode, batch, analysis, trajectories, row_routing, render, self._tokenize_texts,
-                             engine_rows)
+                             engine_rows, row_info)
         masked = mask_nonfinite_rows(batch)
         if masked:
             logger.warning("%d step rows hold non-finite advantages or log-probs; masked out of the loss", masked)
@@ -603,7 +680,7 @@ class OPIDTrainer(GRPOTrainer):
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
         offset = self.accelerator.process_index * len(inputs)
         group_ids = [(offset + i) // num_generations for i in range(len(inputs))]
-        trajectory_ids = [f"{self._rollout_count}-{offset + i}" for i in range(len(inputs))]
+        trajectory_ids = [self._trajectory_id(offset + i) for i in range(len(inputs))]
         start = time.perf_counter()
         with self.generation_backend.session():
             episodes = self._runner.run(inputs, group_ids, trajectory_ids, self.generation_backend,

@@ -76,18 +76,50 @@ class EpisodeSkills:
         return self.error is not None or not (self.episode_skill or self.step_skills)
 
     def cleaned(self, num_steps: int, max_step_skills: int) -> EpisodeSkills:
-        """Drop empty skills and indices outside the trajectory; keep the earliest ``max_step_skills``."""
-        episode = self.episode_skill.strip() if isinstance(self.episode_skill, str) else None
+        """Drop empty skills and indices outside the trajectory; keep the earliest ``max_step_skills``.
+
+        Extractor output is untrusted text that is pasted into the policy's prompt, so every skill
+        is also made one line (whitespace runs collapsed: a newline could forge a prompt line) and
+        capped (`MAX_EPISODE_SKILL_CHARS`, `MAX_STEP_SKILL_CHARS`) with `clip_skill`. Cleaning a
+        cleaned result changes nothing.
+        """
+        episode = clip_skill(self.episode_skill, MAX_EPISODE_SKILL_CHARS) if isinstance(self.episode_skill, str) else ""
         steps = {}
         for key, text in self.step_skills.items():
             try:
                 index = int(key)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
                 continue
-            if 0 <= index < num_steps and isinstance(text, str) and text.strip():
-                steps[index] = text.strip()
+            if 0 <= index < num_steps and isinstance(text, str):
+                text = clip_skill(text, MAX_STEP_SKILL_CHARS)
+                if text:
+                    steps[index] = text
         kept = dict(sorted(steps.items())[:max_step_skills])
         return EpisodeSkills(episode_skill=episode or None, step_skills=kept, error=self.error, meta=self.meta)
+
+
+#: Longest episode skill, in characters, that reaches a prompt (a workflow or a few avoidance rules).
+MAX_EPISODE_SKILL_CHARS = 600
+#: Longest step skill, in characters, that reaches a prompt (one imperative sentence).
+MAX_STEP_SKILL_CHARS = 300
+_ELLIPSIS = "\u2026"
+
+
+def clip_skill(text: str, limit: int) -> str:
+    """``text`` on one line and at most ``limit`` characters, cut at a word boundary with an ellipsis.
+
+    A word boundary keeps the cut readable; a single word longer than the budget (a pasted blob)
+    is cut hard, since there is no boundary to honour.
+    """
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head = text[: limit - len(_ELLIPSIS)]
+    if text[len(head)] != " ":  # the cut falls inside a word: back off to the last space
+        space = head.rfind(" ")
+        if space >= limit // 2:
+            head = head[:space]
+    return head.rstrip(" ,;:.-") + _ELLIPSIS
 
 
 #: What OPIDTrainer's ``skill_extractor`` argument accepts besides ``None``: a

@@ -26,6 +26,30 @@ BASE = dict(output_dir="/tmp/opid-config-test", use_cpu=True, report_to=[], bf16
         ("skill_start_step", -1),
         ("max_step_skills", -2),
         ("analysis_gamma", 1.5),
+        # booleans where a count is expected: True is an int to Python and would count as 1
+        ("max_turns", True),
+        ("history_length", False),
+        ("max_rows_per_forward", True),
+        ("env_step_workers", True),
+        ("max_prompt_length", True),
+        ("max_step_skills", True),
+        ("skill_start_step", False),
+        # NaN passes every `<` check, infinities make every advantage or update infinite
+        ("skill_coef_episode", float("inf")),
+        ("invalid_action_penalty", float("nan")),
+        ("skill_adv_clip", float("nan")),
+        ("skill_adv_clip", float("inf")),
+        ("analysis_gamma", float("nan")),
+        ("eval_temperature", float("nan")),
+        ("success_threshold", float("nan")),
+        ("learning_rate", float("nan")),
+        ("learning_rate", float("inf")),
+        ("learning_rate", "5e-6"),
+        ("beta", -0.1),
+        ("beta", float("nan")),
+        ("temperature", 0.0),
+        ("skill_adv_normalize", "yes"),
+        ("log_analyses", 1),
     ],
 )
 def test_invalid_field_is_named(field, value):
@@ -81,6 +105,33 @@ def test_use_vllm_without_vllm_names_the_field(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
     with pytest.raises(ValueError, match="OPIDConfig.use_vllm: vLLM is not installed"):
         OPIDConfig(**BASE, use_vllm=True)
+
+
+def test_use_vllm_with_a_broken_vllm_names_the_field(monkeypatch):
+    """Found but failing on import (a build for another torch or CUDA) is refused at construction too."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: importlib.machinery.ModuleSpec("vllm", None) if name == "vllm"
+                        else real(name, *a))
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises
+    with pytest.raises(ValueError, match="OPIDConfig.use_vllm: vLLM is installed but cannot be imported"):
+        OPIDConfig(**BASE, use_vllm=True)
+
+
+@pytest.mark.parametrize("field,value", [("skill_end_step", 2.5), ("skill_end_step", True)])
+def test_end_step_must_be_a_whole_step(field, value):
+    with pytest.raises(ValueError, match=f"OPIDConfig.{field}"):
+        OPIDConfig(**BASE, **{field: value})
+
+
+def test_learning_rate_zero_and_beta_zero_stay_valid():
+    """0 freezes the weights (used to time the overhead alone) and 0 drops the KL term: both legitimate."""
+    config = OPIDConfig(**BASE, learning_rate=0.0, beta=0.0)
+    assert config.learning_rate == 0.0 and config.beta == 0.0
 
 
 @pytest.mark.parametrize("scale_rewards,norm", [("group", "mean_std_norm"), ("batch", "batch_std_norm"),

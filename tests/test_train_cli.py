@@ -26,6 +26,7 @@ RUN_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
 @pytest.mark.parametrize("path", RUN_FILES, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_run_file_validates(path, monkeypatch, capsys):
     monkeypatch.setenv("OPENAI_MODEL", "skill-extractor-under-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")  # never the public endpoint
     # GPU files ask for bf16; a CPU machine checks everything else.
     code = train.main(["--config", str(path), "--validate-only", "training.bf16=false", "training.report_to=[]",
                        "environment.train.num_tasks=2", "environment.eval.num_tasks=2"])

@@ -7,17 +7,34 @@ with jitter, honouring ``Retry-After``), so there is no second retry loop here. 
 (a JSON schema) is asked for first and dropped for good when the server rejects it. The API key
 is read once, kept private, and never appears in a repr, a log line, an audit record or an error
 message.
+
+Every failure stays with its trajectory: a request that times out, a refused connection, an
+HTTP error, a 200 whose body is not a chat completion (an HTML page from a proxy, broken or
+absurdly nested JSON) and even an unexpected exception in the client each become that
+trajectory's `Completion` error, typed (`ERROR_TYPES`) and with a bounded excerpt of the body.
+When a whole batch fails for want of a server (unreachable, timeouts, 5xx), the next batches make
+one attempt per request, without the client's retries, until an answer arrives again: a run
+whose analysis endpoint is down loses one timeout per batch instead of the full retry schedule,
+and picks up again by itself when the endpoint comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import os
 import time
 from typing import Any
 
-from .llm import Completion, LLMSkillExtractor
+from .llm import MAX_EXCERPT_CHARS, Completion, LLMSkillExtractor, excerpt, redact
 from .prompt import OUTPUT_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+#: Error types that say "no server to talk to": a batch made only of these puts the extractor in
+#: fail-fast mode (no client retries) until a request succeeds.
+OUTAGE_ERRORS = frozenset({"timeout", "unreachable", "server_error"})
 
 #: Header the OpenAI client puts on every attempt: how many retries preceded it.
 _RETRY_COUNT_HEADER = "x-stainless-retry-count"
@@ -44,6 +61,60 @@ class Secret:
         raise TypeError("a Secret is not serialisable")
 
 
+def _error_type(exc: Exception) -> str:
+    """The `ERROR_TYPES` entry of an exception the OpenAI client raised."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "unreachable"
+    if isinstance(exc, openai.APIResponseValidationError):
+        return "bad_response"
+    status = getattr(exc, "status_code", None)
+    if status == 429:
+        return "rate_limited"
+    if isinstance(status, int) and status >= 500:
+        return "server_error"
+    return "http_error" if status else "bad_response"
+
+
+def _body_of(raw: Any) -> str:
+    """The text of a raw HTTP response, or '' when even that cannot be read."""
+    try:
+        return raw.http_response.text
+    except Exception:  # noqa: BLE001 - only for the audit record
+        return ""
+
+
+def _as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+class _NotAChatCompletion(ValueError):
+    """A 200 response whose body does not have the shape of a chat completion."""
+
+
+def _answer_text(response: Any) -> str:
+    """The first choice's message content of a parsed response; raises `_NotAChatCompletion`.
+
+    The client does not validate bodies (a non-JSON body even comes back as a plain string), so
+    the shape is checked here rather than trusted. No choices, or a null content (a refusal), is
+    an empty answer: the model's failure, re-asked like any unparseable answer.
+    """
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list):
+        raise _NotAChatCompletion(f"expected a chat completion, got {type(response).__name__} without 'choices'")
+    if not choices:
+        return ""
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        raise _NotAChatCompletion(f"choices[0].message.content is a {type(content).__name__}, not text")
+    return content
+
+
 def _retries_of(request: Any) -> int:
     """Retries the client made before ``request`` (its last attempt), from the header it sets."""
     headers = getattr(request, "headers", None) or {}
@@ -58,7 +129,10 @@ class OpenAISkillExtractor(LLMSkillExtractor):
 
     Args:
         base_url / model / api_key: default to ``OPENAI_BASE_URL`` / ``OPENAI_MODEL`` /
-            ``OPENAI_API_KEY``. A local server without auth may use any key.
+            ``OPENAI_API_KEY``. A local server without auth needs only ``base_url``. With neither a
+            base URL nor a key the constructor refuses: the client would silently send every
+            trajectory to the public OpenAI endpoint, where it fails for want of a key. Naming that
+            endpoint (``base_url="https://api.openai.com/v1"``) or giving a key selects it.
         max_concurrency: requests in flight at once.
         timeout: seconds per attempt.
         max_retries: retries of a request after a transient failure, made by the OpenAI client
@@ -78,7 +152,8 @@ class OpenAISkillExtractor(LLMSkillExtractor):
         self.model = model or os.environ.get("OPENAI_MODEL")
         if not self.model:
             raise ValueError("OpenAISkillExtractor.model: name the extractor model (argument or OPENAI_MODEL)")
-        self._api_key = Secret(api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY")
+        key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        self._api_key = Secret(key or "EMPTY")
         if structured_output not in ("auto", "always", "never"):
             raise ValueError(f"OpenAISkillExtractor.structured_output: must be 'auto', 'always' or 'never', "
                              f"got {structured_output!r}")
@@ -96,6 +171,15 @@ class OpenAISkillExtractor(LLMSkillExtractor):
         self._token_param = "max_completion_tokens"
         self.max_completion_tokens = max_completion_tokens
         self.temperature = temperature
+        # Checked last, so that a wrong value above is reported first.
+        if self.base_url is None and key is None:
+            raise ValueError(
+                "OpenAISkillExtractor: no endpoint configured. Set base_url (or OPENAI_BASE_URL) to your "
+                "server, e.g. http://localhost:8000/v1, or api_key (or OPENAI_API_KEY) for the public OpenAI "
+                "endpoint; without either every request would go to https://api.openai.com/v1 with no key")
+        #: Set after a batch in which every request failed for want of a server: later batches then
+        #: try each request once (no client retries) until one succeeds.
+        self._outage = False
 
     def __repr__(self) -> str:
         return f"OpenAISkillExtractor(base_url={self.base_url!r}, model={self.model!r}, api_key='***')"
@@ -106,25 +190,55 @@ class OpenAISkillExtractor(LLMSkillExtractor):
 
     def _scrub(self, text: str) -> str:
         key = self._api_key.value
-        return text.replace(key, "***") if key and key != "EMPTY" else text
+        return redact(text.replace(key, "***") if key and key != "EMPTY" else text)
+
+    def _clean(self, text: str, limit: int = MAX_EXCERPT_CHARS) -> str:
+        """``text`` scrubbed of credentials, then cut (in that order, so no cut hides part of a key)."""
+        return excerpt(self._scrub(text), limit)
 
     def _complete_batch(self, conversations: list[list[dict]]) -> list[Completion]:
-        return asyncio.run(self._complete_all(conversations))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # the usual case: no event loop in this thread
+            return asyncio.run(self._complete_all(conversations))
+        # Called from inside an event loop (a notebook cell): asyncio.run refuses to nest, so the
+        # requests get a loop of their own in a helper thread.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, self._complete_all(conversations)).result()
 
     async def _complete_all(self, conversations: list[list[dict]]) -> list[Completion]:
         import openai
 
+        max_retries = 0 if self._outage else self.max_retries
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self._api_key.value, timeout=self.timeout,
-                                    max_retries=self.max_retries)
+                                    max_retries=max_retries)
         semaphore = asyncio.Semaphore(self.max_concurrency)
         try:
             async def one(messages: list[dict]) -> Completion:
-                async with semaphore:
-                    return await self._complete_one(client, messages)
+                start = time.perf_counter()
+                try:
+                    async with semaphore:
+                        return await self._complete_one(client, messages)
+                except Exception as exc:  # noqa: BLE001 - one request's surprise must not sink the batch
+                    return Completion(error=self._clean(f"internal: {type(exc).__name__}: {exc}"),
+                                      error_type="internal", latency_s=time.perf_counter() - start)
 
-            return list(await asyncio.gather(*(one(m) for m in conversations)))
+            completions = list(await asyncio.gather(*(one(m) for m in conversations)))
         finally:
             await client.close()
+        self._note_outage(completions)
+        return completions
+
+    def _note_outage(self, completions: list[Completion]) -> None:
+        """Enter fail-fast mode after a batch that found no server, leave it after any answer."""
+        down = bool(completions) and all(c.error_type in OUTAGE_ERRORS for c in completions)
+        if down and not self._outage:
+            logger.warning("skill extractor: every request of the batch failed (%s); the endpoint looks down, so "
+                           "requests are tried once, without retries, until one succeeds",
+                           completions[0].error_type)
+        elif self._outage and not down:
+            logger.warning("skill extractor: the endpoint answers again; retries are back on")
+        self._outage = down
 
     def _request_kwargs(self, messages: list[dict]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
@@ -152,22 +266,32 @@ class OpenAISkillExtractor(LLMSkillExtractor):
                 if self._token_param == "max_completion_tokens":
                     self._token_param = "max_tokens"
                     continue
-                return Completion(error=self._scrub(f"bad request: {exc}"), latency_s=time.perf_counter() - start,
-                                  retries=retries)
+                return Completion(error=self._clean(f"bad request: {exc}"),
+                                  latency_s=time.perf_counter() - start, retries=retries, error_type="http_error")
             except openai.APIError as exc:  # what is left after the client's own retries
                 retries += _retries_of(getattr(exc, "request", None))
                 status = getattr(exc, "status_code", None)
                 kind = f"HTTP {status}" if status else type(exc).__name__
-                return Completion(error=self._scrub(f"{kind} after {retries} retries: {exc}"),
-                                  latency_s=time.perf_counter() - start, retries=retries)
-            retries += getattr(raw, "retries_taken", None) or _retries_of(getattr(raw, "http_request", None))
-            response = raw.parse()
-            choice = response.choices[0] if response.choices else None
+                body = getattr(exc, "body", None)
+                return Completion(error=self._clean(f"{kind} after {retries} retries: {exc}"),
+                                  latency_s=time.perf_counter() - start, retries=retries, error_type=_error_type(exc),
+                                  response_excerpt=self._clean(str(body)) if body is not None else None)
+            retries += _as_int(getattr(raw, "retries_taken", None)) or _retries_of(getattr(raw, "http_request", None))
+            try:
+                response = raw.parse()
+                text = _answer_text(response)
+            except Exception as exc:  # noqa: BLE001 - HTML, broken or absurdly nested JSON in a 200
+                content_type = raw.headers.get("content-type", "unknown") if raw.headers is not None else "unknown"
+                return Completion(
+                    error=self._clean(f"bad response: HTTP {raw.status_code} ({content_type}) is not a chat "
+                                      f"completion: {type(exc).__name__}: {self._clean(str(exc), 200)}"),
+                    error_type="bad_response", response_excerpt=self._clean(_body_of(raw)),
+                    latency_s=time.perf_counter() - start, retries=retries)
             usage = getattr(response, "usage", None)
             return Completion(
-                text=(choice.message.content or "") if choice else "",
+                text=text,
                 latency_s=time.perf_counter() - start,
-                prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                prompt_tokens=_as_int(getattr(usage, "prompt_tokens", 0)),
+                completion_tokens=_as_int(getattr(usage, "completion_tokens", 0)),
                 retries=retries,
             )

@@ -77,7 +77,9 @@ def _load(candidate: str) -> Any:
     for attempt in attempts:
         try:
             return json.loads(attempt)
-        except (json.JSONDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
+        # ValueError besides JSONDecodeError: an integer of more than 4300 digits;
+        # RecursionError: absurdly deep nesting.
+        except (ValueError, RecursionError):
             pass
     # Python-style dicts: single quotes, True/False/None, trailing commas.
     pythonic = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", re.sub(r"\bnull\b", "None", attempts[1])))
@@ -136,7 +138,12 @@ def parse_analysis(text: str | None, num_steps: int, max_step_skills: int) -> tu
     for block in reversed(blocks):
         if not any(key in block for key in ANALYSIS_KEYS):
             continue
-        for data in reversed(_analysis_objects(_load(block))):
+        data = _load(block)
+        if data is None:  # say so on the re-ask, rather than that there is no analysis at all
+            first_error = first_error or AnalysisParseError(
+                "the object with the analysis keys is not valid JSON (a huge number, an unclosed string, ...)")
+            continue
+        for data in reversed(_analysis_objects(data)):
             try:
                 return _skills_of(data, num_steps, max_step_skills)
             except AnalysisParseError as exc:

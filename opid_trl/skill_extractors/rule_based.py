@@ -12,6 +12,12 @@ skills are honest hindsight, and it is deterministic.
 
 Format advice quotes the trajectory's own ``response_format`` (the environment's description of
 a well-formed answer), so a search agent is not told to use ``<action>`` tags.
+
+Actions and tasks are untrusted text (a policy can emit a megabyte of output or an injected
+instruction), and these skills are pasted into the policy's prompt: they are quoted only as
+short one-line excerpts (`ACTION_EXCERPT_CHARS`, `TASK_EXCERPT_CHARS`), at most
+`MAX_REPEAT_RULES` repetition rules are listed, and a long workflow loses its middle, so the
+episode skill stays within `MAX_EPISODE_SKILL_CHARS` without the final cap cutting its end.
 """
 
 from __future__ import annotations
@@ -22,10 +28,38 @@ from typing import Any
 
 from environments.base import THINK_ACTION_RESPONSE_FORMAT
 
-from ..trajectory import EpisodeSkills, Trajectory
+from ..trajectory import MAX_EPISODE_SKILL_CHARS, EpisodeSkills, Trajectory, clip_skill
 from .protocol import SkillExtractor
 
 MAX_WORKFLOW_ACTIONS = 12
+#: Longest excerpt of one action quoted in a skill.
+ACTION_EXCERPT_CHARS = 60
+#: Longest excerpt of the task statement quoted in a skill.
+TASK_EXCERPT_CHARS = 160
+#: At most this many "do not repeat" rules (the most repeated actions) in one episode skill.
+MAX_REPEAT_RULES = 3
+
+
+def _quote(action: str) -> str:
+    """A short one-line excerpt of ``action`` for quoting inside a skill."""
+    return clip_skill(action, ACTION_EXCERPT_CHARS)
+
+
+def _fit_workflow(prefix: str, workflow: list[str], suffix: str) -> str:
+    """``prefix + workflow + suffix`` with at most `MAX_WORKFLOW_ACTIONS` actions, within
+    `MAX_EPISODE_SKILL_CHARS` if at all possible.
+
+    The first and last actions (how the task starts and what finishes it) are the most telling,
+    so the middle ones give way to an ``...``; the final `clip_skill` cap then does not cut the advice.
+    """
+    text = prefix + suffix.lstrip(". ")
+    for keep in range(min(len(workflow), MAX_WORKFLOW_ACTIONS), 0, -1):
+        shown = workflow if keep == len(workflow) else (
+            workflow[: (keep + 1) // 2] + ["..."] + (workflow[len(workflow) - keep // 2 :] if keep // 2 else []))
+        text = prefix + " -> ".join(_quote(a) for a in shown) + suffix
+        if len(text) <= MAX_EPISODE_SKILL_CHARS:
+            break
+    return text
 
 
 def _collapse(actions: Sequence[str]) -> list[str]:
@@ -77,18 +111,17 @@ class RuleBasedSkillExtractor(SkillExtractor):
     def success_skills(self, trajectory: Trajectory) -> EpisodeSkills:
         actions = [s.action for s in trajectory.steps if s.action_valid and s.action]
         workflow = _collapse(actions)
-        if len(workflow) > MAX_WORKFLOW_ACTIONS:
-            workflow = workflow[: MAX_WORKFLOW_ACTIONS // 2] + ["..."] + workflow[-MAX_WORKFLOW_ACTIONS // 2 :]
-        episode = (f"To {trajectory.task.rstrip('.')}, follow this workflow: " + " -> ".join(workflow) +
-                   ". Keep this order of actions for tasks of this kind and avoid detours.")
+        task = clip_skill(trajectory.task, TASK_EXCERPT_CHARS).rstrip(".")
+        episode = _fit_workflow(f"To {task}, follow this workflow: ", workflow,
+                                ". Keep this order of actions for tasks of this kind and avoid detours.")
         steps: dict[int, str] = {}
         for i, step in enumerate(trajectory.steps):
             if step.reward > 0 and step.action:
-                steps[i] = f"Take '{step.action}' now: it makes progress on the task."
+                steps[i] = f"Take '{_quote(step.action)}' now: it makes progress on the task."
         for i in range(1, len(trajectory.steps)):
             step, before = trajectory.steps[i], trajectory.steps[i - 1]
             if step.action_valid and not before.action_valid and step.action:
-                steps.setdefault(i, f"Answer in the required format with one action, here '{step.action}'.")
+                steps.setdefault(i, f"Answer in the required format with one action, here '{_quote(step.action)}'.")
                 break
         return EpisodeSkills(episode, steps)
 
@@ -107,18 +140,20 @@ class RuleBasedSkillExtractor(SkillExtractor):
 
         actions = [(i, s.action) for i, s in enumerate(steps) if s.action_valid and s.action]
         counts = Counter(a for _, a in actions)
-        for action, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-            if count < self.repeat_threshold:
+        for rank, (action, count) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))):
+            if count < self.repeat_threshold or rank >= MAX_REPEAT_RULES:
                 break
             third = [i for i, a in actions if a == action][self.repeat_threshold - 1]
-            rules.append(f"Do not repeat '{action}': it was taken {count} times without completing the task.")
-            critical.setdefault(third, f"Do not take '{action}' again; choose an admissible action you have not tried.")
+            quoted = _quote(action)
+            rules.append(f"Do not repeat '{quoted}': it was taken {count} times without completing the task.")
+            critical.setdefault(third, f"Do not take '{quoted}' again; choose an admissible action you have not tried.")
 
         for k in range(len(actions) - 3):
             (i0, a0), (_, a1), (_, a2), (_, a3) = actions[k : k + 4]
             if a0 == a2 and a1 == a3 and a0 != a1:
-                rules.append(f"Avoid going back and forth between '{a0}' and '{a1}'.")
-                critical.setdefault(i0, f"Do not alternate between '{a0}' and '{a1}'; commit to a new plan.")
+                q0, q1 = _quote(a0), _quote(a1)
+                rules.append(f"Avoid going back and forth between '{q0}' and '{q1}'.")
+                critical.setdefault(i0, f"Do not alternate between '{q0}' and '{q1}'; commit to a new plan.")
                 break
 
         run_start = 0
@@ -133,7 +168,8 @@ class RuleBasedSkillExtractor(SkillExtractor):
                 run_start = i
 
         if not rules:
-            rules.append(f"The task '{trajectory.task.rstrip('.')}' was not completed in {len(steps)} steps: "
+            task = clip_skill(trajectory.task, TASK_EXCERPT_CHARS).rstrip(".")
+            rules.append(f"The task '{task}' was not completed in {len(steps)} steps: "
                          "check the task statement before each action and prefer actions that move towards it.")
             critical[len(steps) - 1] = "Re-read the task and pick the admissible action that directly advances it."
         return EpisodeSkills("Avoid these mistakes: " + " ".join(rules), critical)

@@ -1,0 +1,90 @@
+"""Recording a bounded sample of re-scored rows per step, for the token heatmaps of a skill.
+
+For up to `heatmap_rows` rows per step (and process) that were re-scored under a skill, the
+trainer keeps what :mod:`opid_trl.heatmap` renders: the prompt the policy saw, the same prompt
+with the skill injected, the response tokens, and per token ``l_old`` and ``l_skill``. ``l_skill``
+is known after the skill pass; ``l_old`` either then (an explicit old-policy pass, or the engine)
+or in the loss step, whose forward gives it (see :mod:`opid_trl.skill_scoring`), so a row is kept
+pending until its ``l_old`` arrives. Records go to
+``<output_dir>/heatmaps/step-<global_step>-rank<r>.jsonl``, with an HTML report beside each file.
+With `heatmap_rows=0` (the default) nothing is recorded and nothing is computed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: The kind-specific entries of a row description (see `HeatmapRecorder.stash`).
+_KIND_KEYS = {f"{kind}_{name}" for kind in ("episode", "step") for name in ("skill", "skill_prompt", "coef")}
+
+
+class HeatmapRecorder:
+    """Keeps the sampled rows of a step until their ``l_old`` is known, then writes them."""
+
+    def __init__(self, output_dir: str | Path, rank: int, rows_per_step: int,
+                 on_report: Callable[[int, Path], None] | None = None) -> None:
+        self.directory = Path(output_dir) / "heatmaps"
+        self.rank = rank
+        self.rows_per_step = rows_per_step
+        self.on_report = on_report
+        #: generation-batch row -> the records waiting for that row's l_old (one per kind of skill)
+        self.pending: dict[int, list[dict[str, Any]]] = {}
+
+    def choose(self, scored_rows: Sequence[int]) -> list[int]:
+        """The rows to record: the first `rows_per_step` re-scored ones (a stable, cheap sample)."""
+        return list(scored_rows[: self.rows_per_step])
+
+    def stash(self, rows: Sequence[int], describe: Callable[[int], dict[str, Any]],
+              skill_logps: Mapping[str, torch.Tensor], completion_mask: torch.Tensor) -> None:
+        """Keep the records of ``rows``: one per kind of skill the row was scored under.
+
+        ``describe(row)`` gives the row's texts and outcome; its kind-specific entries are named
+        ``<kind>_skill``, ``<kind>_skill_prompt`` and ``<kind>_coef``."""
+        self.pending = {}
+        for row in rows:
+            length = int(completion_mask[row].sum())
+            described = describe(row)
+            for kind, logps in skill_logps.items():
+                if torch.isnan(logps[row, 0]):
+                    continue
+                record = {k: v for k, v in described.items() if k not in _KIND_KEYS}
+                record.update(kind=kind, skill=described.get(f"{kind}_skill") or "",
+                              skill_prompt=described.get(f"{kind}_skill_prompt") or "",
+                              coef=described.get(f"{kind}_coef", 0.0), l_skill=logps[row, :length].tolist())
+                record["tokens"] = record["tokens"][:length]
+                self.pending.setdefault(row, []).append(record)
+
+    def complete(self, rows: Sequence[int], old_logps: torch.Tensor) -> None:
+        """``old_logps[j]`` is l_old of generation-batch row ``rows[j]``: finish and write its records."""
+        finished: list[dict[str, Any]] = []
+        for j, row in enumerate(rows):
+            for record in self.pending.pop(int(row), []):
+                record["l_old"] = old_logps[j, : len(record["l_skill"])].tolist()
+                finished.append(record)
+        if finished:
+            self._write(finished)
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        step = records[0]["global_step"]
+        path = self.directory / f"step-{step}-rank{self.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            from .heatmap import load_records, write_report
+
+            report = write_report(load_records(path), path.with_suffix(".html"))
+        except Exception as exc:  # noqa: BLE001 - a report that fails to render never stops training
+            logger.warning("skill heatmap report for step %s not written: %s", step, exc)
+            return
+        if self.on_report is not None and not self.pending:
+            self.on_report(step, report)
