@@ -62,3 +62,20 @@ def test_loss_step_l_old_equals_the_explicit_pass(tiny_model_dir, tiny_tokenizer
     assert [r[:3] for r in fused] == [r[:3] for r in explicit]
     for a, b in zip(fused, explicit):
         assert a[3] == pytest.approx(b[3], rel=1e-5, abs=1e-6) and a[4] == pytest.approx(b[4], rel=1e-5, abs=1e-6)
+
+
+def test_reports_reach_tensorboard(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = OPIDTrainer(model=tiny_model_dir, processing_class=tiny_tokenizer, environment="fetch",
+                          args=tiny_config(tmp_path, max_steps=1, beta=0.0, heatmap_rows=2,
+                                           report_to=["tensorboard"]),
+                          train_dataset=Dataset.from_list([{"seed": i} for i in range(8)]),
+                          skill_extractor=extractor)
+    trainer.train()
+    report = tmp_path / "out" / "heatmaps" / "step-0-rank0.html"
+    assert report.exists() and "l_skill=" in report.read_text()
+    events = [EventAccumulator(str(path.parent)).Reload() for path in tmp_path.rglob("events.out.tfevents.*")]
+    assert events
+    tags = {tag for acc in events for tag in acc.Tags().get("tensors", [])}
+    assert any(tag.startswith("skill_heatmap") for tag in tags), tags
