@@ -16,7 +16,7 @@ KEY = "sk-test-SECRET-0123456789"
 
 
 def trajectory(behaviour: str, success: bool = True) -> Trajectory:
-    steps = [StepRecord(index=i, observation=f"room {i}", response=f"<action>go east</action>", action="go east",
+    steps = [StepRecord(index=i, observation=f"room {i}", response="<action>go east</action>", action="go east",
                         reward=10.0 if success and i == 1 else 0.0) for i in range(2)]
     t = Trajectory(f"id-{behaviour}", 0, f"{behaviour} the key.", steps, 10.0 if success else 0.0, success)
     t.fill_discounted_returns(0.95)

@@ -45,8 +45,6 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
     """Play fresh episodes on the engine and compare its log-probs with the trainer's on their rows."""
     import torch
 
-    from opid_trl.routing import inject
-
     backend = trainer.generation_backend
     runner = trainer._runner
     tasks = [{"seed": 100 + i, "max_steps": 3} for i in range(num_tasks)]

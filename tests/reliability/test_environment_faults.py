@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from environments import FetchEnvironment, make_fetch_task
-from environments.base import HistoryEntry, PromptView, StepResult
+from environments.base import HistoryEntry, PromptView
 from opid_trl.advantages import episode_step_advantages
 from opid_trl.prompt_budget import CUT_MARKER, fit_prompts
 from opid_trl.rollout import EpisodeRunner
