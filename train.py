@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         plots = plot_metrics(output_dir / "metrics.jsonl", output_dir / "plots")
         print(f"done in {time.time() - started:.0f}s: model in {output_dir / 'final'}, metrics in "
               f"{output_dir / 'metrics.jsonl'}, plots: {', '.join(p.name for p in plots)}")
+        reports = sorted((output_dir / "heatmaps").glob("step-*.html"))
+        if reports:
+            print(f"skill heatmaps: {len(reports)} report(s) in {output_dir / 'heatmaps'} (latest {reports[-1].name})")
     trainer.accelerator.end_training()  # closes trackers and the process group before exit
     return 0
 

@@ -232,3 +232,11 @@ def test_embedded_model_resolves_to_a_working_hf_folder(tmp_path):
                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
     output = model.generate(**prompt, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(output[0, prompt["input_ids"].shape[1]:])
+
+
+def test_run_file_heatmaps_are_written_and_named(tiny_model_dir, tmp_path, capsys):
+    path = tiny_run_file(tmp_path, tiny_model_dir, heatmap_rows=2, eval_strategy="no", save_strategy="no")
+    assert train.main(["--config", str(path)]) == 0
+    reports = sorted((tmp_path / "run" / "heatmaps").glob("step-*.html"))
+    assert reports and "l_skill=" in reports[-1].read_text()
+    assert f"skill heatmaps: {len(reports)} report(s)" in capsys.readouterr().out
