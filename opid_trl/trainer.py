@@ -708,13 +708,11 @@ class OPIDTrainer(GRPOTrainer):
         is_correction = self.use_vllm and self.vllm_importance_sampling_correction
         if not self._aligned or (is_correction and sampling_logps is not None) \
                 or self._needs_explicit_old_pass(skills_active):
-            start = time.perf_counter()
             if self._aligned:  # the chunked loss reuses this pass as its own no-grad pass
-                batch["old_per_token_logps"], batch["old_per_token_entropies"] = self._logps(*tokens,
-                                                                                              with_entropy=True)
+                batch["old_per_token_logps"], batch["old_per_token_entropies"] = self._timed_old_pass(
+                    mode, *tokens, with_entropy=True)
             else:
-                batch["old_per_token_logps"] = self._logps(*tokens)
-            self.batch_metrics.log(mode, "time/old_policy", time.perf_counter() - start)
+                batch["old_per_token_logps"] = self._timed_old_pass(mode, *tokens)
         if is_correction:
             ratio = torch.ones_like(batch["completion_mask"], dtype=torch.float32)
             if sampling_logps is not None:
@@ -730,11 +728,12 @@ class OPIDTrainer(GRPOTrainer):
         if self.beta != 0.0:
             batch["ref_per_token_logps"] = self._reference_logps(*tokens)
 
-    def _timed_old_pass(self, mode: str, *tokens: torch.Tensor) -> torch.Tensor:
+    def _timed_old_pass(self, mode: str, *tokens: torch.Tensor, with_entropy: bool = False):
+        """`_logps` of the policy as it sampled the batch, timed as `time/old_policy`."""
         start = time.perf_counter()
-        logps = self._logps(*tokens)
+        result = self._logps(*tokens, with_entropy=with_entropy)
         self.batch_metrics.log(mode, "time/old_policy", time.perf_counter() - start)
-        return logps
+        return result
 
     def _sampling_logps(self, episodes: list[Episode], rows: StepRows, width: int) -> torch.Tensor | None:
         """The sampler's log-probs of every row's tokens, (B, T), NaN where none; None without any.
