@@ -36,7 +36,7 @@ SPLIT_SEED_OFFSET = {"train": 0, "test": 1_000_000, "eval": 1_000_000}
 
 
 #: Constructor arguments of FetchEnvironment that the task builder may be handed and ignores.
-_ENVIRONMENT_ONLY = ("action_parsing",)
+_ENVIRONMENT_ONLY = ("action_parsing", "task_types")
 
 
 def fetch_tasks(split: str = "train", num_tasks: int | None = None, seed: int = 0, min_rooms: int = 2,
@@ -62,13 +62,20 @@ class FetchEnvironment(AgentEnvironment):
 
     Args:
         action_parsing: "strict" (default) or "reference" (see ``environments.base``).
+        task_types: "single" (default: every task is of type ``fetch``) or "distance" (type
+            ``fetch-d<k>``, k the rooms to walk: success and length per type then show how
+            performance falls with the horizon, as per-type tables do for ALFWorld).
     """
 
     default_history_length = 2
     default_max_turns = 8
+    TASK_TYPES = ("single", "distance")
 
-    def __init__(self, action_parsing: str = "strict") -> None:
+    def __init__(self, action_parsing: str = "strict", task_types: str = "single") -> None:
         super().__init__(action_parsing)
+        if task_types not in self.TASK_TYPES:
+            raise ValueError(f"task_types: must be one of {self.TASK_TYPES}, not {task_types!r}")
+        self._task_types = task_types
         self._task: dict[str, Any] = {}
         self._room = 0
         self._steps = 0
@@ -82,7 +89,7 @@ class FetchEnvironment(AgentEnvironment):
         self._steps = 0
         self._max_steps = task.get("max_steps")
         self.task_description = f"take the {task['target']}."
-        self.task_type = "fetch"
+        self.task_type = "fetch" if self._task_types == "single" else f"fetch-d{self._task['target_room']}"
         self._update_actions()
         return self._describe()
 

@@ -100,12 +100,41 @@ class BatchMetrics:
         self.log(mode, "skill/analysis_failures", n_fail)
         self.log(mode, "skill/analysis_failure_rate", n_fail / n_traj if n_traj else 0.0)
 
-    def skill_advantage(self, mode: str, skill_part: torch.Tensor, mask: torch.Tensor) -> None:
-        """Mean, std and largest magnitude of the weighted skill advantage over the response tokens."""
-        values = skill_part[mask.bool()].double()
-        total, total_sq, count = self.global_sum([values.sum().item(), (values**2).sum().item(), values.numel()])
+    def outcome_groups(self, mode: str, group_ids: Sequence[int], step_advantages: Sequence[Sequence[float]]) -> None:
+        """Share of groups whose outcome advantage is zero on every step (all won or all lost alike).
+
+        GRPO has no gradient on such a group; under OPID the skill advantage is the only signal
+        there. ``group_ids`` / ``step_advantages`` cover the episodes of every process (already gathered).
+        """
+        signal: dict[int, bool] = {}
+        for group, advantages in zip(group_ids, step_advantages):
+            signal[group] = signal.get(group, False) or any(a != 0.0 for a in advantages)
+        self.log(mode, "outcome/zero_adv_group_frac",
+                 sum(not s for s in signal.values()) / len(signal) if signal else 0.0)
+
+    def skill_advantage(self, mode: str, skill_part: torch.Tensor, outcome: torch.Tensor, mask: torch.Tensor) -> None:
+        """The weighted skill advantage over the response tokens: mean, std, largest magnitude, its
+        size against the outcome advantage, and how often it is the only signal of a row.
+
+        ``skill/adv_to_outcome_ratio``: sum of |lambda A_skill| over sum of |A_ep| (tokens);
+        ``skill/zero_outcome_rows``: rows whose A_ep is 0; ``skill/zero_outcome_rows_with_signal``:
+        the share of those whose skill part is not 0 (the rows OPID learns from and GRPO does not).
+        """
+        tokens = mask.bool()
+        values = skill_part[tokens].double()
+        outcome = outcome.expand_as(skill_part)
+        row_has_tokens = tokens.any(dim=1)
+        zero_outcome = row_has_tokens & ((outcome != 0) & tokens).sum(dim=1).eq(0)
+        with_signal = zero_outcome & ((skill_part != 0) & tokens).any(dim=1)
+        total, total_sq, count, abs_skill, abs_outcome, n_zero, n_signal = self.global_sum([
+            values.sum().item(), (values**2).sum().item(), values.numel(), values.abs().sum().item(),
+            outcome[tokens].double().abs().sum().item(), zero_outcome.sum().item(), with_signal.sum().item(),
+        ])
         abs_max = self.global_max(values.abs())
         mean = total / count if count else 0.0
         self.log(mode, "skill/adv_mean", mean)
         self.log(mode, "skill/adv_std", math.sqrt(max(total_sq / count - mean**2, 0.0)) if count else 0.0)
         self.log(mode, "skill/adv_abs_max", abs_max)
+        self.log(mode, "skill/adv_to_outcome_ratio", abs_skill / abs_outcome if abs_outcome else 0.0)
+        self.log(mode, "skill/zero_outcome_rows", n_zero)
+        self.log(mode, "skill/zero_outcome_rows_with_signal", n_signal / n_zero if n_zero else 0.0)

@@ -439,12 +439,13 @@ class OPIDTrainer(GRPOTrainer):
         if not skill_logps:
             return
         args = self.args
+        outcome = batch["advantages"]
         batch["advantages"], skill_part = opid_advantages(
-            batch["advantages"], skill_logps, old_logps, batch["completion_mask"],
+            outcome, skill_logps, old_logps, batch["completion_mask"],
             {"episode": args.skill_coef_episode, "step": args.skill_coef_step},
             clip=args.skill_adv_clip, normalize=args.skill_adv_normalize,
             all_reduce_sum=lambda t: self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum"))
-        self.batch_metrics.skill_advantage("train" if self.model.training else "eval", skill_part,
+        self.batch_metrics.skill_advantage("train" if self.model.training else "eval", skill_part, outcome,
                                            batch["completion_mask"])
 
     def _add_skills(self, mode: str, batch: OPIDBatch, analysis: Future[AnalysisResult],
@@ -694,11 +695,15 @@ class OPIDTrainer(GRPOTrainer):
                                    for ep in episodes])
         counts = gather_object([len(episodes)])
         first = sum(counts[: self.accelerator.process_index])
-        return episode_step_advantages(
+        advantages = episode_step_advantages(
             [s[1] for s in summaries], [s[0] for s in summaries], [s[2] for s in summaries],
             args.invalid_action_penalty, args.episode_outcome_norm, args.outcome_grouping,
             failed=[s[3] for s in summaries],
-        )[first : first + len(episodes)]
+        )
+        played = [(s[0], a) for s, a in zip(summaries, advantages) if not s[3] and s[2]]
+        self.batch_metrics.outcome_groups("train" if self.model.training else "eval",
+                                          [g for g, _ in played], [a for _, a in played])
+        return advantages[first : first + len(episodes)]
 
     def _policy_passes(self, mode: str, batch: OPIDBatch, sampling_logps: torch.Tensor | None,
                        skills_active: bool) -> None:

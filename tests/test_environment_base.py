@@ -60,6 +60,18 @@ def test_expert_wins_every_task(seed):
     assert result.won and result.reward == 10.0
 
 
+def test_task_types_by_distance():
+    task = make_fetch_task(5)
+    single = FetchEnvironment()
+    single.reset(task)
+    assert single.task_type == "fetch"
+    env = FetchEnvironment(task_types="distance")
+    env.reset(task)
+    assert env.task_type == f"fetch-d{task['target_room']}"
+    with pytest.raises(ValueError, match="task_types"):
+        FetchEnvironment(task_types="rooms")
+
+
 def test_same_seed_same_task_and_prompt():
     a, b = FetchEnvironment(), FetchEnvironment()
     obs_a, obs_b = a.reset({"seed": 11}), b.reset({"seed": 11})
