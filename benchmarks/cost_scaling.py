@@ -10,6 +10,7 @@ wins, so episodes play their whole turn budget and the rows per step are set by 
 
     OMP_NUM_THREADS=1 python benchmarks/cost_scaling.py --output benchmarks/results/cost_scaling.json
     OMP_NUM_THREADS=1 python benchmarks/cost_scaling.py --backends transformers --axes group_size --steps 2
+    python benchmarks/cost_scaling.py --markdown benchmarks/results/cost_scaling.json   # the tables again
 
 ``prompt_words`` pads the task line of every prompt with that many filler words: the prompt grows
 while the game, the rows and the completions stay the same.
@@ -112,6 +113,21 @@ def run_point(model_dir: str, backend: str, point: dict[str, int], steps: int) -
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """One table per backend: every point with its ratios against the base point."""
+    lines = []
+    for backend, per_axis in results["backends"].items():
+        lines += [f"{backend}:", "", "| axis | value | rows | prompt tokens | step (s) | x base | rollout (s) | "
+                  "skill scoring (s) | peak RSS (MiB) | x base |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for axis, points in per_axis.items():
+            for r in points:
+                lines.append(f"| {axis} | {r[axis]} | {r['rows']:.0f} | {r['prompt_tokens_mean']:.0f} | "
+                             f"{r['step_s']:.2f} | {r['step_ratio']:.2f} | {r['rollout_s']:.2f} | "
+                             f"{r['skill_scoring_s']:.2f} | {r['peak_rss_mib']:.0f} | {r['rss_ratio']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def vllm_available() -> bool:
     try:
         import vllm  # noqa: F401
@@ -124,17 +140,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--axes", nargs="+", default=list(AXES), choices=list(AXES))
+    parser.add_argument("--values", help="with a single axis: its values instead of the default ones, e.g. 2,4")
     parser.add_argument("--steps", type=int, default=3, help="OPID steps per point (the first is not measured)")
     parser.add_argument("--output", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument("--markdown", type=Path, help="print the tables of a results JSON written before, and exit")
     parser.add_argument("--point", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     if args.point:  # a child process: one point
         print(json.dumps(measure_point(args.model_dir, args.backend, json.loads(args.point), args.steps)))
         return
 
     from opid_trl.testing import save_tiny_vllm_model
+
+    axes = {axis: AXES[axis] for axis in args.axes}
+    if args.values:
+        if len(axes) != 1:
+            raise SystemExit("--values: name exactly one axis with --axes")
+        axes = {args.axes[0]: [int(v) for v in args.values.split(",")]}
 
     backends = [b for b in args.backends if b != "vllm" or vllm_available()]
     if len(backends) < len(args.backends):
@@ -145,9 +172,9 @@ def main() -> None:
         for backend in backends:
             base = run_point(model_dir, backend, BASE, args.steps)
             per_axis: dict[str, list[dict[str, Any]]] = {}
-            for axis in args.axes:
+            for axis, values in axes.items():
                 per_axis[axis] = []
-                for value in AXES[axis]:
+                for value in values:
                     point = {**BASE, axis: value}
                     r = base if point == BASE else run_point(model_dir, backend, point, args.steps)
                     r = {**r, "step_ratio": r["step_s"] / base["step_s"], "rows_ratio": r["rows"] / base["rows"],
@@ -161,6 +188,7 @@ def main() -> None:
             results["backends"][backend] = per_axis
     results["model"] = "tiny Llama (opid_trl.testing.save_tiny_vllm_model: hidden 128, head size 64)"
     results["machine"] = {"cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    print(markdown(results))
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(results, indent=1) + "\n")

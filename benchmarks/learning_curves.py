@@ -50,6 +50,10 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
 }
 DEFAULT_MATRIX = "grpo=3,opid=3,episode_only=2,step_only=2,additive=2"
 RESULT_FORMAT = 1
+#: Fields that change how a step is computed but not what it computes, left out of the setting's
+#: digest: the loss over rows in chunks of `max_rows_per_forward` equals the one-graph loss (to
+#: float rounding; tests/test_dropin_losses.py), it only bounds the activations held at once.
+EXECUTION_ONLY = {"training": ("max_rows_per_forward",)}
 
 
 def parse_matrix(spec: str) -> list[tuple[str, int]]:
@@ -115,6 +119,8 @@ class Matrix:
         import dataclasses
 
         resolved = {k: v for k, v in dataclasses.asdict(self.run).items() if k != "source"}
+        for section, names in EXECUTION_ONLY.items():
+            resolved[section] = {k: v for k, v in resolved[section].items() if k not in names}
         return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------ warm start

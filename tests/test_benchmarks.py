@@ -66,3 +66,26 @@ def test_opid_overhead_benchmark_smoke(tmp_path):
     assert result["opid"]["breakdown"]["time/skill_scoring"] > 0
     assert result["grpo"]["breakdown"]["time/skill_scoring"] == 0  # GRPO steps run no skill pass
     assert result["opid"]["breakdown"]["time/old_policy"] == 0  # aligned: l_old comes from the loss forward
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_cost_scaling_smoke(tmp_path):
+    try:
+        import vllm  # noqa: F401
+        backends = ["transformers", "vllm"]
+    except ImportError:
+        if os.environ.get("CI"):
+            raise  # CI installs the engine: a missing one is a failure, not a skip
+        backends = ["transformers"]
+    output = tmp_path / "scaling.json"
+    run_script(["benchmarks/cost_scaling.py", "--axes", "group_size", "--values", "2,4", "--steps", "2",
+                "--backends", *backends, "--output", str(output)])
+    result = json.loads(output.read_text())
+    assert sorted(result["backends"]) == sorted(backends)
+    for backend in backends:
+        small, base = result["backends"][backend]["group_size"]
+        assert (small["group_size"], base["group_size"]) == (2, 4)
+        assert base["step_ratio"] == 1.0 and small["step_s"] > 0
+        assert 0 < small["rows"] <= 2 * 4 and 0 < base["rows"] <= 4 * 4  # episodes x at most 4 turns
+        assert small["peak_rss_mib"] > 0 and small["prompt_tokens_mean"] > 0
