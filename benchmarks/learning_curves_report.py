@@ -33,6 +33,7 @@ METHOD_ORDER = ("grpo", "opid", "episode_only", "step_only", "additive")
 START, END = "<!-- learning-curves:start -->", "<!-- learning-curves:end -->"
 SUCCESS = "eval_env/success_rate"
 MECHANISM = {
+    "uniform_return_groups": "outcome/uniform_return_group_frac",
     "zero_adv_groups": "outcome/zero_adv_group_frac",
     "zero_outcome_rows_with_skill_signal": "skill/zero_outcome_rows_with_signal",
     "skill_to_outcome_ratio": "skill/adv_to_outcome_ratio",
@@ -138,9 +139,10 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def markdown(summary: dict[str, Any]) -> str:
     lines = ["| method | seeds | steps | held-out success: start | final (mean ± std) | vs GRPO (perm. p / min p; "
-             "Welch p) | steps to GRPO's final | episode length | invalid actions | zero-adv groups | "
+             "Welch p) | steps to GRPO's final | episode length | invalid actions | all-won/all-lost groups | "
+             "zero-adv groups | "
              "zero-outcome rows with skill signal | abs(lambda A_skill) / abs(A_ep) | median step (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, e in summary["methods"].items():
         std = f" ± {e['final_success_std']:.3f}" if e["final_success_std"] is not None else ""
         vs = e.get("vs_grpo")
@@ -152,7 +154,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(
             f"| {method} | {len(e['seeds'])} | {','.join(map(str, e['steps']))} | {_fmt(e['start_success'])} | "
             f"{_fmt(e['final_success_mean'])}{std} | {versus} | {reached} | {_fmt(e['episode_length'], 2)} | "
-            f"{_fmt(e['invalid_action_rate'])} | {_fmt(m['zero_adv_groups'], 2)} | "
+            f"{_fmt(e['invalid_action_rate'])} | {_fmt(m['uniform_return_groups'], 2)} | "
+            f"{_fmt(m['zero_adv_groups'], 2)} | "
             f"{_fmt(m['zero_outcome_rows_with_skill_signal'], 2)} | {m['skill_to_outcome_ratio']:.1e} | "
             f"{_fmt(e['median_step_seconds'], 1)} |")
     types = sorted({t for e in summary["methods"].values() for t in e["per_type"]})

@@ -100,17 +100,25 @@ class BatchMetrics:
         self.log(mode, "skill/analysis_failures", n_fail)
         self.log(mode, "skill/analysis_failure_rate", n_fail / n_traj if n_traj else 0.0)
 
-    def outcome_groups(self, mode: str, group_ids: Sequence[int], step_advantages: Sequence[Sequence[float]]) -> None:
-        """Share of groups whose outcome advantage is zero on every step (all won or all lost alike).
+    def outcome_groups(self, mode: str, group_ids: Sequence[int], step_advantages: Sequence[Sequence[float]],
+                       returns: Sequence[float]) -> None:
+        """How often a group gives GRPO nothing to learn from.
 
-        GRPO has no gradient on such a group; under OPID the skill advantage is the only signal
-        there. ``group_ids`` / ``step_advantages`` cover the episodes of every process (already gathered).
+        ``outcome/uniform_return_group_frac``: groups whose episodes all have the same return (all
+        won or all lost); ``outcome/zero_adv_group_frac``: groups whose outcome advantage is zero on
+        every step (uniform returns and, with ``invalid_action_penalty``, the same number of
+        ill-formed answers). GRPO has no gradient on the latter; under OPID the skill advantage is
+        the only signal there. The arguments cover the episodes of every process (already gathered).
         """
         signal: dict[int, bool] = {}
-        for group, advantages in zip(group_ids, step_advantages):
+        group_returns: dict[int, set[float]] = {}
+        for group, advantages, episode_return in zip(group_ids, step_advantages, returns):
             signal[group] = signal.get(group, False) or any(a != 0.0 for a in advantages)
-        self.log(mode, "outcome/zero_adv_group_frac",
-                 sum(not s for s in signal.values()) / len(signal) if signal else 0.0)
+            group_returns.setdefault(group, set()).add(episode_return)
+        count = len(signal)
+        self.log(mode, "outcome/zero_adv_group_frac", sum(not s for s in signal.values()) / count if count else 0.0)
+        self.log(mode, "outcome/uniform_return_group_frac",
+                 sum(len(r) == 1 for r in group_returns.values()) / count if count else 0.0)
 
     def skill_advantage(self, mode: str, skill_part: torch.Tensor, outcome: torch.Tensor, mask: torch.Tensor) -> None:
         """The weighted skill advantage over the response tokens: mean, std, largest magnitude, its

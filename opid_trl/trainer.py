@@ -700,9 +700,9 @@ class OPIDTrainer(GRPOTrainer):
             args.invalid_action_penalty, args.episode_outcome_norm, args.outcome_grouping,
             failed=[s[3] for s in summaries],
         )
-        played = [(s[0], a) for s, a in zip(summaries, advantages) if not s[3] and s[2]]
-        self.batch_metrics.outcome_groups("train" if self.model.training else "eval",
-                                          [g for g, _ in played], [a for _, a in played])
+        played = [(s[0], a, s[1]) for s, a in zip(summaries, advantages) if not s[3] and s[2]]
+        self.batch_metrics.outcome_groups("train" if self.model.training else "eval", [p[0] for p in played],
+                                          [p[1] for p in played], [p[2] for p in played])
         return advantages[first : first + len(episodes)]
 
     def _policy_passes(self, mode: str, batch: OPIDBatch, sampling_logps: torch.Tensor | None,

@@ -20,10 +20,13 @@ def metrics():
 
 def test_zero_advantage_groups_are_counted(metrics):
     batch_metrics, logged = metrics
-    # group 0: all won alike (zero), group 1: one won (signal), group 2: all lost (zero), group 3: signal on one step
+    # group 0: all won alike (zero), group 1: one won (signal), group 2: all lost (zero),
+    # group 3: one episode, a signal on one step (the penalty of an ill-formed answer)
     batch_metrics.outcome_groups("train", [0, 0, 1, 1, 2, 2, 3],
-                                 [[0.0, 0.0], [0.0], [0.7], [-0.7, -0.7], [0.0], [0.0, 0.0, 0.0], [0.0, 0.3]])
+                                 [[0.0, 0.0], [0.0], [0.7], [-0.7, -0.7], [0.0], [0.0, 0.0, 0.0], [0.0, 0.3]],
+                                 [10.0, 10.0, 10.0, 0.0, 0.0, 0.0, 10.0])
     assert logged["outcome/zero_adv_group_frac"] == [pytest.approx(2 / 4)]
+    assert logged["outcome/uniform_return_group_frac"] == [pytest.approx(3 / 4)]  # groups 0, 2 and 3
 
 
 def test_skill_signal_against_outcome(metrics):
