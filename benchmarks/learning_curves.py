@@ -138,11 +138,17 @@ class Matrix:
         args.output_dir = str(self.work_dir)  # the warm start lands in <work_dir>/<sft.output_subdir>
         started = time.perf_counter()
         target = Path(self.work_dir) / self.run.sft.output_subdir
-        fresh = not (target / "config.json").exists()
+        record = {"sft": vars(self.run.sft), "model": base, "environment": vars(self.run.environment)}
+        record = json.loads(json.dumps(record, default=lambda o: vars(o) if hasattr(o, "__dict__") else str(o)))
+        if (target / "config.json").exists():  # reused, but only for the run file that made it
+            made = json.loads((target / "warm_start.json").read_text()) if (target / "warm_start.json").exists() else {}
+            if {k: made.get(k) for k in record} != record:
+                raise SystemExit(f"{target} was warm-started for another setting ({ {k: made.get(k) for k in record} }); "
+                                 "remove it or pass another --work-dir")
+            return str(target)
         path = warm_start(self.run, base, args, skip=False)
-        if fresh:
-            write_json(Path(path) / "warm_start.json", {"seconds": time.perf_counter() - started,
-                                                         "sft": vars(self.run.sft), "setting": self.setting})
+        write_json(Path(path) / "warm_start.json", {**record, "seconds": time.perf_counter() - started,
+                                                     "setting": self.setting})
         return path
 
     # ------------------------------------------------------------ cells

@@ -130,3 +130,18 @@ def test_steps_to_reach_and_summary_by_hand():
     assert opid["vs_grpo"]["difference"] == pytest.approx(0.0)
     assert opid["mechanism"]["skill_to_outcome_ratio"] == pytest.approx(0.02)
     assert opid["start_success"] == pytest.approx(0.2)
+
+
+def test_a_warm_start_of_another_setting_is_refused(tmp_path):
+    from learning_curves import Matrix
+
+    from opid_trl.testing import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny")
+    config = ROOT / "configs/benchmarks/learning_curves_fetch.yaml"
+    sft = tmp_path / "work/sft"
+    sft.mkdir(parents=True)
+    (sft / "config.json").write_text("{}")
+    (sft / "warm_start.json").write_text(json.dumps({"sft": {"num_tasks": 1}}))
+    with pytest.raises(SystemExit, match="warm-started for another setting"):
+        Matrix(config, tmp_path / "work", tmp_path / "results", [], str(model)).warm_start()
