@@ -93,6 +93,15 @@ def machine() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def split_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A cell's metrics records -> (training steps, held-out evaluations), each in step order, numbers
+    only; a step logged twice (an evaluation repeated after a resume) keeps its last record."""
+    numeric = lambda r: {k: v for k, v in r.items() if isinstance(v, (int, float))}  # noqa: E731
+    train = {r["step"]: r for r in records if "loss" in r and "env/success_rate" in r}
+    evals = {r["step"]: r for r in records if "eval_env/success_rate" in r}
+    return [numeric(train[s]) for s in sorted(train)], [numeric(evals[s]) for s in sorted(evals)]
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write through a temporary file and a rename: a killed harness never leaves half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,16 +234,13 @@ class Matrix:
         (``wall_seconds`` adds up the attempts that ended: a killed one's time is not known)."""
         from opid_trl.reporting import read_metrics
 
-        records = read_metrics(self.cell_dir(method, seed) / "metrics.jsonl")
-        train = {r["step"]: r for r in records if "loss" in r and "env/success_rate" in r}
-        evals = {r["step"]: r for r in records if "eval_env/success_rate" in r}  # a repeated step: the last one
-        numeric = lambda r: {k: v for k, v in r.items() if isinstance(v, (int, float))}  # noqa: E731
+        train, evals = split_records(read_metrics(self.cell_dir(method, seed) / "metrics.jsonl"))
         return {
             "format": RESULT_FORMAT, "method": method, "seed": seed, "overrides": METHODS[method],
             "setting": self.setting, "commit": attempts[-1]["commit"], "machine": machine(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_seconds": sum(a["seconds"] or 0.0 for a in attempts), "attempts": attempts,
-            "train": [numeric(train[s]) for s in sorted(train)], "eval": [numeric(evals[s]) for s in sorted(evals)],
+            "train": train, "eval": evals,
         }
 
 

@@ -52,6 +52,46 @@ def load_cells(results: Path) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(cells.items(), key=lambda kv: METHOD_ORDER.index(kv[0]) if kv[0] in METHOD_ORDER else 99))
 
 
+def load_unfinished(work_dir: Path, finished: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The cells of a work folder that have no result yet, as far as they got (cell name -> cell).
+
+    Shown apart (curve and per-step table only): an unfinished cell never enters a mean, a test
+    or the main table."""
+    sys.path.insert(0, str(ROOT))
+    from learning_curves import split_records
+
+    from opid_trl.reporting import read_metrics
+
+    done = {(c["method"], c["seed"]) for runs in finished.values() for c in runs}
+    unfinished = {}
+    for metrics in sorted((work_dir / "cells").glob("*-seed*/metrics.jsonl")):
+        method, _, seed = metrics.parent.name.rpartition("-seed")
+        if (method, int(seed)) in done:
+            continue
+        train, evals = split_records(read_metrics(metrics))
+        if evals:
+            unfinished[metrics.parent.name] = {"method": method, "seed": int(seed), "train": train, "eval": evals}
+    return unfinished
+
+
+def by_step(cells: dict[str, list[dict[str, Any]]], unfinished: dict[str, dict[str, Any]]) -> str:
+    """Held-out success at every evaluated step: per method the mean over its finished seeds, then
+    each unfinished cell on its own."""
+    columns = {f"{m} (n={len(runs)})": runs for m, runs in cells.items()}
+    columns.update({f"{name} (unfinished, step {c['train'][-1]['step'] if c['train'] else 0})": [c]
+                    for name, c in unfinished.items()})
+    steps = sorted({int(r["step"]) for runs in columns.values() for c in runs for r in c["eval"]})
+    lines = ["| step | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for step in steps:
+        row = []
+        for runs in columns.values():
+            values = [r[SUCCESS] for c in runs for r in c["eval"] if int(r["step"]) == step]
+            row.append(_fmt(statistics.fmean(values)) + (f" ({len(values)})" if 0 < len(values) < len(runs) else "")
+                       if values else "-")
+        lines.append(f"| {step} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample std of the values that are numbers (a cell may lack a metric: NaN)."""
     values = [v for v in values if not math.isnan(v)]
@@ -167,7 +207,8 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(cells: dict[str, list[dict[str, Any]]], key: str, records: str, path: Path, title: str) -> Path | None:
+def plot(cells: dict[str, list[dict[str, Any]]], key: str, records: str, path: Path, title: str,
+         unfinished: dict[str, dict[str, Any]] | None = None) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,6 +228,12 @@ def plot(cells: dict[str, list[dict[str, Any]]], key: str, records: str, path: P
             ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15,
                             color=line.get_color())
         drawn = True
+    for name, cell in (unfinished or {}).items():
+        points = [(int(r["step"]), r[key]) for r in cell[records] if key in r]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], linestyle="--",
+                    marker="o" if records == "eval" else None, label=f"{name} (unfinished)")
+            drawn = True
     if not drawn:
         plt.close(fig)
         return None
@@ -215,19 +262,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks/results/learning_curves")
     parser.add_argument("--benchmarks", type=Path, help="a document with the learning-curve markers to fill")
+    parser.add_argument("--unfinished", type=Path, metavar="WORK_DIR",
+                        help="also show the cells of this work folder that have not finished (dashed, apart)")
     args = parser.parse_args(argv)
     cells = load_cells(args.results)
     if not cells:
         print(f"no finished cell in {args.results}", file=sys.stderr)
         return 1
+    unfinished = load_unfinished(args.unfinished, cells) if args.unfinished else {}
     summary = summarize(cells)
-    table = markdown(summary)
+    summary["unfinished"] = {name: {"steps": c["train"][-1]["step"] if c["train"] else 0, "eval": c["eval"]}
+                             for name, c in unfinished.items()}
+    table = markdown(summary) + "\nHeld-out success at each evaluated step:\n\n" + by_step(cells, unfinished)
     (args.results / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     (args.results / "summary.md").write_text(table)
     written = [p for p in (
-        plot(cells, SUCCESS, "eval", args.results / "heldout_success.png", "held-out success (temperature 0.4)"),
+        plot(cells, SUCCESS, "eval", args.results / "heldout_success.png", "held-out success (temperature 0.4)",
+             unfinished),
         plot(cells, "env/success_rate", "train", args.results / "train_success.png",
-             "training success (sampled episodes, temperature 1.0)"),
+             "training success (sampled episodes, temperature 1.0)", unfinished),
     ) if p is not None]
     if args.benchmarks is not None:
         update_document(args.benchmarks, table)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from learning_curves import parse_matrix  # noqa: E402
-from learning_curves_report import permutation_test, steps_to_reach, summarize  # noqa: E402
+from learning_curves_report import by_step, load_unfinished, permutation_test, steps_to_reach, summarize  # noqa: E402,E501
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 MAX_STEPS = 2
@@ -145,3 +145,21 @@ def test_a_warm_start_of_another_setting_is_refused(tmp_path):
     (sft / "warm_start.json").write_text(json.dumps({"sft": {"num_tasks": 1}}))
     with pytest.raises(SystemExit, match="warm-started for another setting"):
         Matrix(config, tmp_path / "work", tmp_path / "results", [], str(model)).warm_start()
+
+
+def test_unfinished_cells_are_shown_apart(tmp_path):
+    finished = {"grpo": [_cell("grpo", 0, [(0, 0.25), (10, 0.5)])]}
+    running = tmp_path / "cells/opid-seed0"
+    running.mkdir(parents=True)
+    records = [{"step": 0, "eval_env/success_rate": 0.25}, {"step": 1, "loss": 0.1, "env/success_rate": 0.5},
+               {"step": 1, "eval_env/success_rate": 0.75}]
+    (running / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = tmp_path / "cells/grpo-seed0"  # finished: its result exists, so it is not listed again
+    done.mkdir()
+    (done / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
+    unfinished = load_unfinished(tmp_path, finished)
+    assert list(unfinished) == ["opid-seed0"]
+    table = by_step(finished, unfinished)
+    assert "| step | grpo (n=1) | opid-seed0 (unfinished, step 1) |" in table
+    assert "| 0 | 0.250 | 0.250 |" in table and "| 1 | - | 0.750 |" in table and "| 10 | 0.500 | - |" in table
+    assert "opid" not in summarize(finished)["methods"]
