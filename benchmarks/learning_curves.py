@@ -202,6 +202,11 @@ class Matrix:
         if resume is None and cell.exists():  # nothing to continue from: start the cell again
             shutil.rmtree(cell)
             attempts = []
+        if resume is not None and self.steps_done(Path(resume)) >= self.max_steps:
+            # train.py finished but the harness stopped before collecting: resuming would train
+            # one step more (the Trainer checks max_steps after a step), so collect what is there
+            print(f"[{cell_name(method, seed)}] trained to step {self.max_steps} already: collecting", flush=True)
+            return self.finish(method, seed, attempts, keep_models)
         run_file = self.run_file(method, seed, model_path)
         command = [sys.executable, str(ROOT / "train.py"), "--config", str(run_file)]
         if resume is not None:
@@ -222,9 +227,22 @@ class Matrix:
         write_json(attempts_file, attempts)
         if code != 0:
             raise SystemExit(f"[{cell_name(method, seed)}] train.py failed (exit {code}); see {cell / 'train.log'}")
+        return self.finish(method, seed, attempts, keep_models)
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.run.training["max_steps"])
+
+    @staticmethod
+    def steps_done(checkpoint: Path) -> int:
+        return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+
+    def finish(self, method: str, seed: int, attempts: list[dict[str, Any]], keep_models: bool) -> dict[str, Any]:
+        """Write the cell's result, then (unless ``keep_models``) delete its checkpoints and model."""
         result = self.collect(method, seed, attempts)
         write_json(self.result_path(method, seed), result)
         if not keep_models:
+            cell = self.cell_dir(method, seed)
             for folder in [*cell.glob("checkpoint-*"), cell / "final"]:
                 shutil.rmtree(folder, ignore_errors=True)
         return result
@@ -234,10 +252,12 @@ class Matrix:
         (``wall_seconds`` adds up the attempts that ended: a killed one's time is not known)."""
         from opid_trl.reporting import read_metrics
 
-        train, evals = split_records(read_metrics(self.cell_dir(method, seed) / "metrics.jsonl"))
+        records = read_metrics(self.cell_dir(method, seed) / "metrics.jsonl")
+        # a step past max_steps can only come from a resume of a finished run: not part of the cell
+        train, evals = split_records([r for r in records if r.get("step", 0) <= self.max_steps])
         return {
             "format": RESULT_FORMAT, "method": method, "seed": seed, "overrides": METHODS[method],
-            "setting": self.setting, "commit": attempts[-1]["commit"], "machine": machine(),
+            "setting": self.setting, "commit": attempts[-1]["commit"] if attempts else git_commit(), "machine": machine(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_seconds": sum(a["seconds"] or 0.0 for a in attempts), "attempts": attempts,
             "train": train, "eval": evals,
@@ -255,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one JSON per finished cell (committed)")
     parser.add_argument("--model", help="start from this model instead of the run file's (e.g. a test model)")
     parser.add_argument("--keep-models", action="store_true", help="keep each cell's checkpoints and final model")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="write the results of the named --cells from their metrics, without training (for "
+                             "cells whose training ended but whose result was not written)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the run file, e.g. training.max_steps=2")
     args = parser.parse_args(argv)
 
@@ -266,6 +289,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--cells: {sorted(unknown)} not in the matrix {args.matrix}")
         cells = [(m, s) for m, s in cells if cell_name(m, s) in wanted]
     matrix = Matrix(args.config, args.work_dir, args.results, args.overrides, args.model)
+    if args.collect_only:
+        if not args.cells:
+            raise SystemExit("--collect-only: name the cells (--cells)")
+        for method, seed in cells:
+            attempts_file = matrix.cell_dir(method, seed) / "attempts.json"
+            attempts = json.loads(attempts_file.read_text()) if attempts_file.exists() else []
+            matrix.finish(method, seed, attempts, args.keep_models)
+            print(f"[{cell_name(method, seed)}] collected -> {matrix.result_path(method, seed)}", flush=True)
+        return 0
     todo = [(m, s) for m, s in cells if not matrix.finished(m, s)]
     for m, s in cells:
         if (m, s) not in todo:

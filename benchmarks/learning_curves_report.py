@@ -130,6 +130,11 @@ def final_eval(cell: dict[str, Any]) -> dict[str, float]:
     return cell["eval"][-1] if cell["eval"] else {}
 
 
+def _train_success(records: list[dict[str, Any]]) -> float:
+    values = [r["env/success_rate"] for r in records if "env/success_rate" in r]
+    return statistics.fmean(values) if values else math.nan
+
+
 def steps_to_reach(cell: dict[str, Any], target: float) -> int | None:
     """The first evaluated step at which held-out success reaches ``target`` (None: never)."""
     for record in cell["eval"]:
@@ -157,6 +162,8 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "episode_length": mean_std([final_eval(c).get("eval_env/episode_length", math.nan) for c in runs])[0],
             "invalid_action_rate": mean_std([final_eval(c).get("eval_env/invalid_action_rate", math.nan)
                                              for c in runs])[0],
+            "train_success_first_10": mean_std([_train_success(c["train"][:10]) for c in runs])[0],
+            "train_success_last_10": mean_std([_train_success(c["train"][-10:]) for c in runs])[0],
             "median_step_seconds": statistics.median([r["step_time"] for c in runs for r in c["train"]
                                                       if "step_time" in r] or [math.nan]),
             "wall_seconds": [c["wall_seconds"] for c in runs],
@@ -177,12 +184,16 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def _sci(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.1e}"
+
+
 def markdown(summary: dict[str, Any]) -> str:
     lines = ["| method | seeds | steps | held-out success: start | final (mean ± std) | vs GRPO (perm. p / min p; "
-             "Welch p) | steps to GRPO's final | episode length | invalid actions | all-won/all-lost groups | "
+             "Welch p) | steps to GRPO's final | training success: first 10 / last 10 steps | episode length | invalid actions | all-won/all-lost groups | "
              "zero-adv groups | "
              "zero-outcome rows with skill signal | abs(lambda A_skill) / abs(A_ep) | median step (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, e in summary["methods"].items():
         std = f" ± {e['final_success_std']:.3f}" if e["final_success_std"] is not None else ""
         vs = e.get("vs_grpo")
@@ -193,10 +204,11 @@ def markdown(summary: dict[str, Any]) -> str:
         m = e["mechanism"]
         lines.append(
             f"| {method} | {len(e['seeds'])} | {','.join(map(str, e['steps']))} | {_fmt(e['start_success'])} | "
-            f"{_fmt(e['final_success_mean'])}{std} | {versus} | {reached} | {_fmt(e['episode_length'], 2)} | "
+            f"{_fmt(e['final_success_mean'])}{std} | {versus} | {reached} | "
+            f"{_fmt(e['train_success_first_10'], 2)} / {_fmt(e['train_success_last_10'], 2)} | {_fmt(e['episode_length'], 2)} | "
             f"{_fmt(e['invalid_action_rate'])} | {_fmt(m['uniform_return_groups'], 2)} | "
             f"{_fmt(m['zero_adv_groups'], 2)} | "
-            f"{_fmt(m['zero_outcome_rows_with_skill_signal'], 2)} | {m['skill_to_outcome_ratio']:.1e} | "
+            f"{_fmt(m['zero_outcome_rows_with_skill_signal'], 2)} | {_sci(m['skill_to_outcome_ratio'])} | "
             f"{_fmt(e['median_step_seconds'], 1)} |")
     types = sorted({t for e in summary["methods"].values() for t in e["per_type"]})
     if types:

@@ -163,3 +163,38 @@ def test_unfinished_cells_are_shown_apart(tmp_path):
     assert "| step | grpo (n=1) | opid-seed0 (unfinished, step 1) |" in table
     assert "| 0 | 0.250 | 0.250 |" in table and "| 1 | - | 0.750 |" in table and "| 10 | 0.500 | - |" in table
     assert "opid" not in summarize(finished)["methods"]
+
+
+def test_a_cell_trained_to_the_end_is_collected_without_training_again(tmp_path, monkeypatch):
+    """The harness stopped after train.py finished: resuming would train one step more, so the
+    cell is collected as it is, and no record past max_steps enters its result."""
+    import types
+
+    import learning_curves
+
+    import opid_trl.checkpoints
+    from opid_trl.testing import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny")
+    matrix = learning_curves.Matrix(ROOT / "configs/benchmarks/learning_curves_fetch.yaml", tmp_path / "work",
+                                    tmp_path / "results", ["training.max_steps=2"], str(model))
+    cell = matrix.cell_dir("grpo", 0)
+    (cell / "checkpoint-2").mkdir(parents=True)
+    (cell / "checkpoint-2/trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    records = [{"step": 0, "eval_env/success_rate": 0.5}, {"step": 1, "loss": 0.1, "env/success_rate": 0.5},
+               {"step": 2, "loss": 0.1, "env/success_rate": 1.0}, {"step": 2, "eval_env/success_rate": 0.75},
+               {"step": 3, "loss": 0.1, "env/success_rate": 1.0}, {"step": 3, "eval_env/success_rate": 1.0}]
+    (cell / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(opid_trl.checkpoints, "find_resume_checkpoint",
+                        lambda folder, *a: types.SimpleNamespace(checkpoint=str(cell / "checkpoint-2"), skipped=[]))
+    run = learning_curves.subprocess.run
+
+    def no_training(command, *args, **kwargs):
+        assert not any("train.py" in str(part) for part in command), "train.py was started"
+        return run(command, *args, **kwargs)
+
+    monkeypatch.setattr(learning_curves.subprocess, "run", no_training)
+    result = matrix.run_cell("grpo", 0, str(model), keep_models=False)
+    assert [r["step"] for r in result["train"]] == [1, 2]
+    assert [(r["step"], r["eval_env/success_rate"]) for r in result["eval"]] == [(0, 0.5), (2, 0.75)]
+    assert not (cell / "checkpoint-2").exists()
