@@ -26,6 +26,7 @@ Methods (the paper's ablations, as overrides of the run file):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -125,8 +126,6 @@ class Matrix:
                         "resolved_sha256": self._digest()}
 
     def _digest(self) -> str:
-        import dataclasses
-
         resolved = {k: v for k, v in dataclasses.asdict(self.run).items() if k != "source"}
         for section, names in EXECUTION_ONLY.items():
             resolved[section] = {k: v for k, v in resolved[section].items() if k not in names}
@@ -147,8 +146,8 @@ class Matrix:
         args.output_dir = str(self.work_dir)  # the warm start lands in <work_dir>/<sft.output_subdir>
         started = time.perf_counter()
         target = Path(self.work_dir) / self.run.sft.output_subdir
-        record = {"sft": vars(self.run.sft), "model": base, "environment": vars(self.run.environment)}
-        record = json.loads(json.dumps(record, default=lambda o: vars(o) if hasattr(o, "__dict__") else str(o)))
+        record = json.loads(json.dumps({"sft": dataclasses.asdict(self.run.sft), "model": base,
+                                        "environment": dataclasses.asdict(self.run.environment)}))
         if (target / "config.json").exists():  # reused, but only for the run file that made it
             made = json.loads((target / "warm_start.json").read_text()) if (target / "warm_start.json").exists() else {}
             if {k: made.get(k) for k in record} != record:

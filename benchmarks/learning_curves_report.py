@@ -57,8 +57,7 @@ def load_unfinished(work_dir: Path, finished: dict[str, list[dict[str, Any]]]) -
 
     Shown apart (curve and per-step table only): an unfinished cell never enters a mean, a test
     or the main table."""
-    sys.path.insert(0, str(ROOT))
-    from learning_curves import split_records
+    from learning_curves import split_records  # puts the repository on sys.path for opid_trl
 
     from opid_trl.reporting import read_metrics
 

@@ -132,7 +132,7 @@ class BatchMetrics:
         values = skill_part[tokens].double()
         outcome = outcome.expand_as(skill_part)
         row_has_tokens = tokens.any(dim=1)
-        zero_outcome = row_has_tokens & ((outcome != 0) & tokens).sum(dim=1).eq(0)
+        zero_outcome = row_has_tokens & ~((outcome != 0) & tokens).any(dim=1)
         with_signal = zero_outcome & ((skill_part != 0) & tokens).any(dim=1)
         total, total_sq, count, abs_skill, abs_outcome, n_zero, n_signal = self.global_sum([
             values.sum().item(), (values**2).sum().item(), values.numel(), values.abs().sum().item(),
