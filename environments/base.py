@@ -299,6 +299,22 @@ class AgentEnvironment(ABC):
         knows one; ``None`` otherwise."""
         return None
 
+    def step_label(self, expert_action: str | None, action: str | None, valid: bool) -> bool | None:
+        """Whether a played step was good, judged against the expert's action at the state it was
+        played in (``expert_action``, asked before the step); ``None`` when the expert had no answer.
+
+        The skill-signal diagnostic (`opid_trl.skill_signal`) ranks the skill advantage of good
+        steps above bad ones with it. The default rule, right for environments whose expert knows
+        the one shortest path (fetch, ALFWorld's planner while the episode is on its plan): an
+        ill-formed answer is bad; a well-formed one is good iff its action is the expert's (case and
+        whitespace ignored). Environments where several actions are equally good override it.
+        """
+        if expert_action is None:
+            return None
+        if not valid or action is None:
+            return False
+        return " ".join(action.lower().split()) == " ".join(expert_action.lower().split())
+
     def expert_response(self) -> str | None:
         """A complete expert answer for the current step (brief reasoning, then the action), in the
         environment's output format; ``None`` without an expert. SFT warm starts train on it."""

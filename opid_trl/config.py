@@ -267,6 +267,17 @@ class OPIDConfig(GRPOConfig):
                   "<output_dir>/heatmaps/step-<N>-rank<r>.jsonl, with an HTML report beside each file (and to "
                   "wandb / TensorBoard when they run). 0 records nothing and costs nothing."},
     )
+    skill_signal_diagnostics: bool = field(
+        default=False,
+        metadata={"help": "Measure whether the skill signal carries information: the environment's expert labels "
+                  "every played step good or bad (`AgentEnvironment.step_label`), and each training batch logs "
+                  "`skill_signal/*`: the AUC of the per-step A_skill (all response tokens and action tokens), A_ep "
+                  "and A_OPID for good above bad steps, and the skill term's share of the update (sum |lambda "
+                  "A_skill| / sum |A_ep|, before and after clip/normalization). Per-step records go to "
+                  "<output_dir>/skill_signal/step-<N>-rank<r>.jsonl (see `benchmarks/skill_signal.py`). Needs an "
+                  "environment with an expert; costs an expert call per step and an explicit old-policy pass. "
+                  "False calls no expert and computes nothing."},
+    )
     log_analyses: bool = field(
         default=True,
         metadata={"help": "Append every analysis (prompt, raw answer, parsed skills, routing per step, latency, "
@@ -371,6 +382,7 @@ class OPIDConfig(GRPOConfig):
                        f"({self.skill_start_step}) or None")
         check.integer("max_step_skills", 0)
         check.integer("heatmap_rows", 0)
+        check.boolean("skill_signal_diagnostics")
         check.number("analysis_gamma", 0, 1)
         # Inherited from GRPOConfig, which takes them as they come: a NaN learning rate or KL weight
         # trains (every update NaN) instead of failing, and a negative KL weight rewards drifting away.

@@ -62,6 +62,12 @@ class Episode:
     task_type: str | None = None
     #: The task statement, recorded at reset.
     task: str = ""
+    #: Per step, with `EpisodeRunner.record_expert`: the expert's action at the state the step was
+    #: played in (``None`` where the expert had none), and the environment's verdict on the played
+    #: step against it (`AgentEnvironment.step_label`: good, bad or ``None``). Never shown to a
+    #: skill extractor: it is the oracle the skill-signal diagnostic measures skills against.
+    expert_actions: list[str | None] = field(default_factory=list)
+    step_labels: list[bool | None] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -111,8 +117,12 @@ class EpisodeRunner:
         max_prompt_length: int,
         step_workers: int = 0,
         step_timeout: float | None = None,
+        record_expert: bool = False,
     ) -> None:
         self.env_factory = env_factory
+        #: Ask the environment's expert before every step and label the step (the skill-signal
+        #: diagnostic); off, no expert is ever called.
+        self.record_expert = record_expert
         self.tokenize = tokenize
         self.decode = decode
         self.max_turns = max_turns
@@ -197,9 +207,10 @@ class EpisodeRunner:
                 fitted = self._fit(active, views)
                 samples = sample_with(backend, fitted.token_ids)
                 responses = self.decode([s.token_ids for s in samples])
+                experts = [self._expert(ep) for ep in active]
                 results = self._map(_play, list(zip(active, responses)))
                 for i, (ep, sample, response, result) in enumerate(zip(active, samples, responses, results)):
-                    self._record(ep, fitted, i, sample, response, result)
+                    self._record(ep, fitted, i, sample, response, result, experts[i])
         self.env_errors = sum(ep.error is not None for ep in episodes)
         return episodes
 
@@ -215,9 +226,10 @@ class EpisodeRunner:
             sample = sample_with(backend, fitted.token_ids)[0]  # the slow part runs unlocked: the engine batches
             with self._lock:
                 response = self.decode([sample.token_ids])[0]
+            expert = self._expert(episode)
             result = self._map(_play, [(episode, response)])[0]
             with self._lock:
-                self._record(episode, fitted, 0, sample, response, result)
+                self._record(episode, fitted, 0, sample, response, result, expert)
 
     def _after_reset(self, episode: Episode, failure: Exception | None) -> None:
         if failure is None:
@@ -242,10 +254,23 @@ class EpisodeRunner:
         self.token_cuts += sum(cut == "tokens" for cut in fitted.cuts)
         return fitted
 
+    def _expert(self, episode: Episode) -> str | None:
+        """The expert's action at ``episode``'s current state (`record_expert` only); an expert that
+        fails gives ``None`` (the step is then unlabelled), never a failed episode."""
+        if not self.record_expert:
+            return None
+        try:
+            action = episode.env.expert_action()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not change what is trained
+            logger.debug("expert_action failed for %s: %s", episode.trajectory_id, exc)
+            return None
+        return action if isinstance(action, str) else None
+
     def _record(self, ep: Episode, fitted: FittedPrompts, i: int, sample: Sample, response: str,
-                result: StepResult | Exception) -> None:
+                result: StepResult | Exception, expert: str | None = None) -> None:
         """Append one step (row ``i`` of ``fitted`` and its environment outcome) to ``ep``."""
         turn = len(ep.steps)
+        ep.expert_actions.append(expert)
         ep.views.append(fitted.views[i])
         ep.history_windows.append(fitted.windows[i])
         ep.prompt_cuts.append(fitted.cuts[i])
@@ -258,8 +283,11 @@ class EpisodeRunner:
             logger.warning("environment step failed for %s: %s", ep.trajectory_id, ep.error)
             ep.steps.append(StepRecord(index=turn, observation=ep.observation, response=response,
                                        action=None, action_valid=True, reward=0.0))
+            ep.step_labels.append(None)
             ep.done, ep.won = True, False
             return
+        ep.step_labels.append(ep.env.step_label(expert, result.action, result.action_valid)
+                              if self.record_expert else None)
         ep.steps.append(
             StepRecord(
                 index=turn,

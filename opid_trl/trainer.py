@@ -56,6 +56,7 @@ from .random_state import RandomState, uses_dropout
 from .routing import RoutedSkill, inject
 from .skill_analysis import AnalysisResult, SkillAnalysis
 from .skill_extractors import SkillExtractorLike, as_skill_extractor
+from .skill_signal_recorder import SignalInfo, SkillSignalRecorder
 from .skill_scoring import (SKILL_LOGPS_KEYS, RenderSkillPrompt, ScoreRows, SkillScores, TokenizePrompts,
                             engine_old_logps, engine_score_rows, plan_skill_passes, score_skills)
 from .step_batch import (OPIDBatch, StepRows, collect_step_rows, mask_nonfinite_rows, pad_token_lists,
@@ -192,6 +193,10 @@ class OPIDTrainer(GRPOTrainer):
         self.analysis = self._skill_analysis(extractor)
         self.heatmaps = HeatmapRecorder(args.output_dir, self.accelerator.process_index, args.heatmap_rows,
                                         on_report=self._log_heatmap_report) if args.heatmap_rows > 0 else None
+        self.skill_signal = SkillSignalRecorder(
+            args.output_dir, self.accelerator.process_index,
+            lambda ids: self._tokenizer.batch_decode([[token] for token in ids]), self.batch_metrics,
+        ) if args.skill_signal_diagnostics else None
         self._last_rewards_per_func: torch.Tensor | None = None
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._loss_batch: OPIDBatch | None = None
@@ -240,6 +245,7 @@ class OPIDTrainer(GRPOTrainer):
             max_prompt_length=args.max_prompt_length,
             step_workers=args.env_step_workers,
             step_timeout=args.env_step_timeout,
+            record_expert=args.skill_signal_diagnostics,
         )
 
     # ------------------------------------------------------------------ helpers
@@ -430,14 +436,15 @@ class OPIDTrainer(GRPOTrainer):
         return self._rollout_and_score(inputs)
 
     # ------------------------------------------------------------------ skills
-    def _complete_skill_advantages(self, batch: OPIDBatch, old_logps: torch.Tensor) -> None:
-        """A_OPID of ``batch`` in place, from its pending skill scores and the old policy's log-probs."""
+    def _complete_skill_advantages(self, batch: OPIDBatch, old_logps: torch.Tensor) -> torch.Tensor | None:
+        """A_OPID of ``batch`` in place, from its pending skill scores and the old policy's log-probs;
+        returns the weighted skill part added (None without pending scores)."""
         skill_logps = {kind: batch.pop(key) for kind, key in SKILL_LOGPS_KEYS.items() if key in batch}
         row_index = batch.pop("opid_row_index", None)
         if self.heatmaps is not None and row_index is not None and self.heatmaps.pending:
             self.heatmaps.complete(row_index.tolist(), old_logps)
         if not skill_logps:
-            return
+            return None
         args = self.args
         outcome = batch["advantages"]
         batch["advantages"], skill_part = opid_advantages(
@@ -447,19 +454,22 @@ class OPIDTrainer(GRPOTrainer):
             all_reduce_sum=lambda t: self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum"))
         self.batch_metrics.skill_advantage("train" if self.model.training else "eval", skill_part, outcome,
                                            batch["completion_mask"])
+        return skill_part
 
     def _add_skills(self, mode: str, batch: OPIDBatch, analysis: Future[AnalysisResult],
                     trajectories: list[Trajectory], row_routing: Callable[[list[list[RoutedSkill]]], list[RoutedSkill]],
                     render: RenderSkillPrompt, tokenize: TokenizePrompts,
                     engine_rows: tuple[list[list[int]], list[list[int]], torch.Tensor | None] | None,
-                    row_info: Callable[[int], dict[str, Any]]) -> None:
+                    row_info: Callable[[int], dict[str, Any]], signal_info: SignalInfo | None = None) -> None:
         """Wait for the analysis, route, score the skill prompts, and add the skill advantage.
 
         ``row_routing`` maps the routing of every trajectory to the routing of every batch row.
         ``engine_rows`` (original prompt ids, completion ids, sampler log-probs) selects scoring on
         the rollout engine. The advantage is completed here when the old policy's log-probs are
         known (engine scoring, or an explicit old-policy pass), else in the loss step (pending
-        `*_skill_per_token_logps` keys). ``row_info(row)`` describes a row for the heatmap records.
+        `*_skill_per_token_logps` keys). ``row_info(row)`` describes a row for the heatmap records;
+        ``signal_info(row)`` for the skill-signal diagnostic (multi-turn rows, whose steps the
+        environment's expert labelled; it then has an explicit old-policy pass).
         """
         args = self.args
         wait_start = time.perf_counter()
@@ -498,8 +508,13 @@ class OPIDTrainer(GRPOTrainer):
                 batch["opid_row_index"] = torch.arange(completion_ids.size(0), device=completion_ids.device)
         for kind, logps in scores.logps.items():
             batch[SKILL_LOGPS_KEYS[kind]] = logps
+        outcome = batch["advantages"]
         if old_logps is not None:
-            self._complete_skill_advantages(batch, old_logps)
+            skill_part = self._complete_skill_advantages(batch, old_logps)
+            if self.skill_signal is not None and signal_info is not None and mode == "train":
+                self.skill_signal.record(self.state.global_step, completion_ids, completion_mask, routed,
+                                         result.skills, signal_info, scores.logps, old_logps, outcome,
+                                         skill_part if skill_part is not None else torch.zeros_like(outcome), coefs)
         self.batch_metrics.log(mode, "time/skill_scoring", time.perf_counter() - start)
 
     def _describe_row(self, i: int, batch: OPIDBatch, routed: list[RoutedSkill], render: RenderSkillPrompt,
@@ -549,7 +564,8 @@ class OPIDTrainer(GRPOTrainer):
         cannot give it: unaligned steps, or batch z-normalization (statistics over the whole
         generation batch, while a loss step sees one micro-batch)."""
         engine = self.args.skill_logprob_backend == "vllm"
-        return skills_active and not engine and (not self._aligned or self.args.skill_adv_normalize)
+        diagnostics = self.args.skill_signal_diagnostics  # scores every row at once, after the rollout
+        return skills_active and not engine and (not self._aligned or self.args.skill_adv_normalize or diagnostics)
 
     # ------------------------------------------------------------------ single-turn (drop-in) path
     def _score_single_turn(self, inputs):
@@ -664,8 +680,15 @@ class OPIDTrainer(GRPOTrainer):
                         "episode_return": episodes[e].env_return, "success": episodes[e].won,
                         "task_type": episodes[e].task_type}
 
+            def signal_info(i: int) -> dict[str, Any] | None:
+                if i >= rows.num_real:
+                    return None
+                e, t = rows.locations[i]
+                return {**row_info(i), "episode": e, "label": episodes[e].step_labels[t],
+                        "action": episodes[e].steps[t].action}
+
             self._add_skills(mode, batch, analysis, trajectories, row_routing, render, self._tokenize_texts,
-                             engine_rows, row_info)
+                             engine_rows, row_info, signal_info if self.skill_signal is not None else None)
         masked = mask_nonfinite_rows(batch)
         if masked:
             logger.warning("%d step rows hold non-finite advantages or log-probs; masked out of the loss", masked)

@@ -223,6 +223,19 @@ class SearchQAEnvironment(AgentEnvironment):
             return None
         return oracle_response(self._task, self._trace)
 
+    def step_label(self, expert_action: str | None, action: str | None, valid: bool) -> bool | None:
+        """Search QA's rule: a query's wording is free (many retrieve the passage), so a well-formed
+        search is good when the oracle would search too; an answer is good iff it is an exact match
+        of a golden answer (whatever the oracle would do: a right answer ends the task early); an
+        ill-formed response, or a search where the oracle already answers, is bad."""
+        if expert_action is None:
+            return None
+        if not valid or action is None:
+            return False
+        if action.startswith("<answer>"):
+            return exact_match(action[len("<answer>") : -len("</answer>")], self.golden_answers) == 1.0
+        return expert_action.startswith("<search>")
+
     def expert_action(self) -> str | None:
         """The oracle's next action (``<search>q</search>`` or ``<answer>a</answer>``), if it knows one."""
         response = self.expert_response()

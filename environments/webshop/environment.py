@@ -129,6 +129,16 @@ class WebShopEnvironment(AgentEnvironment):
         return render_webshop_prompt(view, history_length)
 
     # ----------------------------------------------------------------- oracle
+    def step_label(self, expert_action: str | None, action: str | None, valid: bool) -> bool | None:
+        """WebShop's rule: clicks must be the oracle's (one product, its options, then buy); a
+        search is good whenever the oracle searches too (the query's wording is free: the oracle's
+        is one of many that find the product); anything else, or an ill-formed answer, is bad."""
+        if expert_action is None:
+            return None
+        if valid and action is not None and action.startswith("search[") and expert_action.startswith("search["):
+            return True
+        return super().step_label(expert_action, action, valid)
+
     def expert_action(self) -> str | None:
         """The oracle's next action: search the goal's key words, open the target product (paging
         through the results if needed), select the goal's options, buy. Works from any page;
