@@ -165,7 +165,8 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     import environments
     from opid_trl.episode_settings import resolve_episode_settings
     from opid_trl.run_config import build_tasks
-    from opid_trl.sft import expert_examples, run_sft
+    from opid_trl.sft import expert_examples, run_sft, skill_conditioned_examples
+    from opid_trl.skill_extractors import RuleBasedSkillExtractor
 
     target = Path(training_args.output_dir) / run.sft.output_subdir
     if skip or (target / "config.json").exists():
@@ -177,10 +178,19 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     # teaches its first steps, and only won episodes are kept.
     max_turns = max(training_args.max_turns or 0, settings.max_turns)
     rows = build_tasks(run, "train", num_tasks=run.sft.num_tasks, seed=run.sft.seed)
-    examples, stats = expert_examples(make_env, rows, settings.history_length, max_turns)
-    if state.is_main_process:
-        print(f"SFT warm start: {int(stats['examples'])} expert steps "
-              f"(expert success {stats['expert_success_rate']:.0%})")
+    if run.sft.explore_rate > 0 or run.sft.skill_share > 0:
+        examples, stats = skill_conditioned_examples(
+            make_env, rows, settings.history_length, max_turns, RuleBasedSkillExtractor(),
+            explore_rate=run.sft.explore_rate, skill_share=run.sft.skill_share, seed=run.sft.seed)
+        if state.is_main_process:
+            print(f"SFT warm start: {int(stats['examples'])} steps of {int(stats['episodes'])} behaviour episodes "
+                  f"({int(stats['won'])} won, {int(stats['explored_steps'])} explored steps), "
+                  f"{int(stats['with_skill'])} shown with their hindsight skill")
+    else:
+        examples, stats = expert_examples(make_env, rows, settings.history_length, max_turns)
+        if state.is_main_process:
+            print(f"SFT warm start: {int(stats['examples'])} expert steps "
+                  f"(expert success {stats['expert_success_rate']:.0%})")
     run_sft(model_path, examples, target, epochs=run.sft.epochs, learning_rate=run.sft.learning_rate,
             batch_size=run.sft.batch_size, max_length=run.sft.max_length, seed=training_args.seed,
             use_cpu=training_args.use_cpu, bf16=training_args.bf16, report_to=[])

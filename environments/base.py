@@ -33,6 +33,9 @@ FORMAT_INSTRUCTIONS = (
 THINK_ACTION_RESPONSE_FORMAT = (
     "Reason inside <think> </think>, then give exactly one admissible action inside <action> </action>."
 )
+#: A well-formed think/action answer, ``{action}`` standing for the action (see
+#: :attr:`AgentEnvironment.response_example`).
+THINK_ACTION_RESPONSE_EXAMPLE = "<think>...</think><action>{action}</action>"
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,17 @@ class AgentEnvironment(ABC):
         another output format overrides both.
         """
         return THINK_ACTION_RESPONSE_FORMAT
+
+    @property
+    def response_example(self) -> str:
+        """A concrete well-formed answer, with ``{action}`` standing for an action as
+        :meth:`parse_action` returns it: filled in, it must parse back to that action, valid.
+
+        Format advice shows it rather than describing the format only: the description alone did
+        not make well-formed answers likelier. Plain text around one ``{action}``, so that a
+        trajectory can carry it as a template (`opid_trl.Trajectory.response_example`).
+        """
+        return THINK_ACTION_RESPONSE_EXAMPLE
 
     def parse_action(self, text: str) -> tuple[str | None, bool]:
         """Project the raw answer onto ``(action, valid)`` in the environment's ``action_parsing``

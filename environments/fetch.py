@@ -142,7 +142,7 @@ class FetchEnvironment(AgentEnvironment):
         return reference_prompt([task], view, history_length, actions)
 
     def expert_action(self) -> str:
-        """The optimal next action: walk east to the target's room, then take it."""
+        """The optimal next action: walk to the target's room (back west after an overshoot), then take it."""
         if self._room == self._task["target_room"]:
             return f"take {self._task['target']}"
-        return "go east"
+        return "go east" if self._room < self._task["target_room"] else "go west"

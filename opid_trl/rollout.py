@@ -99,6 +99,7 @@ class Episode:
             success=self.won,
             task_type=self.task_type,
             response_format=self.env.response_format if self.env is not None else None,
+            response_example=self.env.response_example if self.env is not None else None,
         )
         trajectory.fill_discounted_returns(gamma)
         return trajectory

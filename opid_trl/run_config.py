@@ -123,6 +123,13 @@ class SFTSection:
     batch_size: int = 8
     max_length: int = 1024
     output_subdir: str = "sft"
+    #: Probability that the warm start's behaviour policy takes a random admissible action instead
+    #: of the expert's (0: expert episodes only, failed ones dropped; see `opid_trl.sft`).
+    explore_rate: float = 0.0
+    #: Share of the behaviour episodes' steps shown with their hindsight skill (the rule-based
+    #: extractor's, routed critical-first) and the expert's answer as target; the other steps show no
+    #: skill and the behaviour's own answer. 0 with ``explore_rate`` 0 is the plain expert warm start.
+    skill_share: float = 0.0
 
 
 @dataclass
@@ -306,6 +313,10 @@ def _check_sft_section(section: SFTSection) -> None:
         value = getattr(section, name)
         if not _is_finite(value) or value <= 0:
             raise ConfigError(f"sft.{name}: must be a finite number > 0 (got {value!r})")
+    for name in ("explore_rate", "skill_share"):
+        value = getattr(section, name)
+        if isinstance(value, bool) or not _is_finite(value) or not 0 <= value <= 1:
+            raise ConfigError(f"sft.{name}: must be a number in [0, 1] (got {value!r})")
     subdir = section.output_subdir
     if not isinstance(subdir, str) or not subdir or Path(subdir).is_absolute() or ".." in Path(subdir).parts:
         raise ConfigError(f"sft.output_subdir: must be a folder name inside training.output_dir, e.g. sft "

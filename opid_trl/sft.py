@@ -3,15 +3,30 @@
 
 Each expert step becomes one prompt/completion pair, exactly as the RL rollout would render it
 (same environment template, same history window), with a short reasoning before the action.
+
+:func:`skill_conditioned_examples` makes a warm start that can *use* a skill, which OPID's skill
+advantage presupposes (a policy that reads the skill block shifts its log-probs towards what the
+skill says; one that ignores it gives A_skill ~ 0 whatever the skill). Its episodes are played by
+an exploring behaviour policy (the expert, or a random admissible action with probability
+``explore_rate``); the run's skill extractor reads each finished episode in hindsight, as in RL,
+and a share ``skill_share`` of the steps shows the routed skill in the prompt (injected exactly as
+OPID's re-scoring injects it) with the expert's answer as the target, while the other steps show
+no skill and the behaviour's own answer. Without a skill the policy so stays imperfect (room to
+learn), and with one it learns to act on it. Every method of a study starts from the same warm
+start, so the comparison stays fair.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import random
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from environments.base import AgentEnvironment, HistoryEntry, PromptView
+
+from .routing import inject, route_skills
+from .trajectory import EpisodeSkills, StepRecord, Trajectory
 
 
 def expert_examples(env_factory: Callable[[], AgentEnvironment], task_rows: Iterable[Mapping[str, Any]],
@@ -49,6 +64,79 @@ def expert_examples(env_factory: Callable[[], AgentEnvironment], task_rows: Iter
             examples.extend(episode)
     env.close()
     return examples, {"expert_success_rate": won / max(played, 1), "examples": float(len(examples))}
+
+
+def _example(prompt: str, response: str) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": response}]}
+
+
+def _behaviour_response(env: AgentEnvironment, expert: str, rng: random.Random, explore_rate: float) -> str:
+    """The expert's answer, or with probability ``explore_rate`` the same answer with a random other
+    admissible action in place of the expert's (so only the action differs, and it stays well-formed)."""
+    expert_action = env.parse_action(expert)[0]
+    others = [a for a in env.admissible_actions if a != expert_action]
+    if not others or not expert_action or rng.random() >= explore_rate:
+        return expert
+    return expert.replace(expert_action, rng.choice(others))
+
+
+def skill_conditioned_examples(env_factory: Callable[[], AgentEnvironment], task_rows: Iterable[Mapping[str, Any]],
+                               history_length: int, max_turns: int,
+                               extractor: Callable[[Sequence[Trajectory]], Sequence[EpisodeSkills | None]],
+                               explore_rate: float, skill_share: float, seed: int = 0,
+                               routing: str = "critical_first") -> tuple[list[dict], dict[str, float]]:
+    """Prompt/completion pairs that teach a policy to act on a hindsight skill (see the module docstring).
+
+    Each row is played once by the behaviour policy up to ``max_turns`` steps (won or not: a failure's
+    avoidance rules are skills too). Per step, with probability ``skill_share``: the prompt with the
+    step's routed skill and the expert's answer; otherwise the plain prompt and the behaviour's
+    answer. Environments without admissible actions explore nothing (the behaviour is the expert).
+    """
+    env, rng = env_factory(), random.Random(seed)
+    examples: list[dict] = []
+    stats = {"episodes": 0.0, "won": 0.0, "examples": 0.0, "with_skill": 0.0, "explored_steps": 0.0}
+    for row in task_rows:
+        observation = env.reset(row)
+        history: list[HistoryEntry] = []
+        prompts, experts, steps, won = [], [], [], False
+        for turn in range(max_turns):
+            expert = env.expert_response()
+            if expert is None:
+                break
+            behaviour = _behaviour_response(env, expert, rng, explore_rate)
+            view = PromptView(env.task_description, turn, observation, tuple(env.admissible_actions), tuple(history))
+            prompts.append(env.render_prompt(view, history_length))
+            experts.append(expert)
+            result = env.step(behaviour)
+            steps.append(StepRecord(index=turn, observation=observation, response=behaviour, action=result.action,
+                                    action_valid=result.action_valid, reward=result.reward))
+            stats["explored_steps"] += behaviour != expert
+            history.append(HistoryEntry(observation, result.history_text or result.action or behaviour))
+            observation = result.observation
+            if result.done:
+                won = result.won
+                break
+        if not steps:
+            continue
+        trajectory = Trajectory(f"sft-{stats['episodes']:.0f}", 0, env.task_description, steps,
+                                sum(s.reward for s in steps), won, task_type=env.task_type,
+                                response_format=env.response_format, response_example=env.response_example)
+        skills = list(extractor([trajectory]))[0]
+        routed = route_skills(None if skills is None or skills.failed else skills, len(steps), routing)
+        for t, step in enumerate(steps):
+            skill = routed[t]
+            if (skill.episode_skill or skill.step_skill) and rng.random() < skill_share:
+                prompt = inject(prompts[t], skill.episode_skill, skill.step_skill, task=env.task_description,
+                                anchor=env.instruction_anchor)
+                examples.append(_example(prompt, experts[t]))
+                stats["with_skill"] += 1
+            else:
+                examples.append(_example(prompts[t], step.response))
+        stats["episodes"] += 1
+        stats["won"] += won
+    env.close()
+    stats["examples"] = float(len(examples))
+    return examples, stats
 
 
 def run_sft(model_path: str, examples: list[dict], output_dir: str | Path, epochs: float = 2.0,

@@ -46,6 +46,10 @@ class Trajectory:
     #: (`AgentEnvironment.response_format`), so that format advice quotes the right tags;
     #: ``None`` when unknown (extractors then assume the think/action format).
     response_format: str | None = None
+    #: A well-formed answer with ``{action}`` standing for the action
+    #: (`AgentEnvironment.response_example`), so that format advice can show one in the right
+    #: format; ``None`` when unknown (extractors then assume the think/action format).
+    response_example: str | None = None
 
     def fill_discounted_returns(self, gamma: float) -> None:
         """G_t = r_t + gamma * G_{t+1}, written into each step."""

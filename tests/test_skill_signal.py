@@ -142,6 +142,17 @@ def test_default_rule_is_the_expert_action():
     assert env.step_label(None, "go east", True) is None
 
 
+def test_fetch_expert_walks_back_after_an_overshoot():
+    env = FetchEnvironment()
+    env.reset({"seed": 0, "num_rooms": 4, "room_items": ["cup", "key", "pen", "map"], "target_room": 1,
+               "target": "key"})
+    assert env.expert_action() == "go east"
+    env.execute("go east")
+    assert env.expert_action() == "take key"
+    env.execute("go east")
+    assert env.expert_action() == "go west" and env.step_label(env.expert_action(), "go east", True) is False
+
+
 def test_webshop_rule_frees_the_query_wording():
     env = make("webshop")
     assert env.step_label("search[red shoes]", "search[crimson sneakers]", True) is True

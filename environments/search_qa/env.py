@@ -170,6 +170,11 @@ class SearchQAEnvironment(AgentEnvironment):
         return ("Reason inside <think> </think>, then either search with <search> query </search> or answer with "
                 "<answer> answer </answer>, exactly one of them.")
 
+    @property
+    def response_example(self) -> str:
+        """Its actions carry their own ``<search>``/``<answer>`` tags, so only the reasoning is added."""
+        return "<think>...</think>{action}"
+
     def parse_action(self, text: str) -> tuple[str | None, bool]:
         if self.action_parsing == "reference":
             return parse_search_action_reference(text)

@@ -225,8 +225,8 @@ def test_the_rule_based_extractor_quotes_short_excerpts_of_huge_or_hostile_actio
     success = Trajectory("s", 0, "take the key.", [
         StepRecord(0, "room", "r", action=INJECTION, action_valid=True),
         StepRecord(1, "room", "r", action=huge, action_valid=True, reward=10.0)], 10.0, True)
-    failure = Trajectory("f", 0, "take the key.", [
-        StepRecord(i, f"room {i}", "r", action=huge if i % 2 else INJECTION + str(i // 4)) for i in range(8)], 0.0,
+    failure = Trajectory("f", 0, "take the key.", [  # one room: every action changes nothing
+        StepRecord(i, "room", "r", action=huge if i % 2 else INJECTION + str(i // 4)) for i in range(8)], 0.0,
         False)
     start = time.perf_counter()
     results = RuleBasedSkillExtractor()([success, failure])

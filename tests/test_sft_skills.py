@@ -1,0 +1,65 @@
+"""The skill-conditioned warm start: exploring behaviour episodes, their hindsight skills in the
+prompt on a share of the steps with the expert's answer as target, the behaviour's answer elsewhere."""
+
+import pytest
+import yaml
+
+import environments
+from environments import FetchEnvironment
+from opid_trl.routing import EPISODE_SKILL_TITLE, STEP_SKILL_TITLE
+from opid_trl.run_config import ConfigError, load_run_config
+from opid_trl.sft import skill_conditioned_examples
+from opid_trl.skill_extractors import RuleBasedSkillExtractor
+
+
+
+def examples(explore_rate, skill_share, seed=0, num_tasks=12):
+    rows = [environments.make_fetch_task(i, 3, 5) for i in range(num_tasks)]
+    return skill_conditioned_examples(lambda: environments.make("fetch"), rows, 1, 6, RuleBasedSkillExtractor(),
+                                      explore_rate=explore_rate, skill_share=skill_share, seed=seed)
+
+
+def has_skill(example):
+    prompt = example["prompt"][0]["content"]
+    return EPISODE_SKILL_TITLE in prompt or STEP_SKILL_TITLE in prompt
+
+
+def action(example):
+    return FetchEnvironment().parse_action(example["completion"][0]["content"])[0]
+
+
+def test_without_exploration_or_skills_every_target_is_the_expert():
+    data, stats = examples(0.0, 0.0)
+    assert stats["explored_steps"] == 0 and stats["with_skill"] == 0 and stats["won"] == stats["episodes"] == 12
+    assert not any(has_skill(e) for e in data)
+    assert all(action(e) in ("go east",) or action(e).startswith("take ") for e in data)
+
+
+def test_skill_steps_target_the_expert_and_plain_steps_the_behaviour():
+    data, stats = examples(0.5, 0.5, seed=1)
+    with_skill = [e for e in data if has_skill(e)]
+    plain = [e for e in data if not has_skill(e)]
+    assert stats["with_skill"] == len(with_skill) > 0 and stats["explored_steps"] > 0 and len(plain) > 0
+    assert stats["won"] < stats["episodes"]  # exploration loses episodes: failures' skills are taught too
+    # the expert never walks west or looks; the exploring behaviour does, and only plain steps imitate it
+    assert not any(action(e) in ("go west", "look") for e in with_skill)
+    assert any(action(e) in ("go west", "look") for e in plain)
+    # every answer stays well-formed
+    assert all(FetchEnvironment().parse_action(e["completion"][0]["content"])[1] for e in data)
+
+
+def test_skill_share_one_shows_a_skill_wherever_one_was_routed_and_is_deterministic():
+    data, stats = examples(0.3, 1.0, seed=2)
+    assert stats["with_skill"] == sum(has_skill(e) for e in data) == len(data)  # rule-based: every step routed
+    assert examples(0.3, 1.0, seed=2) == (data, stats)
+    assert examples(0.3, 1.0, seed=3)[0] != data
+
+
+@pytest.mark.parametrize("field,value", [("skill_share", 1.5), ("explore_rate", -0.1), ("skill_share", True),
+                                         ("explore_rate", float("nan"))])
+def test_sft_skill_fields_are_checked(tmp_path, field, value):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "environment": {"name": "fetch"}, "training": {},
+                                    "sft": {"num_tasks": 4, field: value}}))
+    with pytest.raises(ConfigError, match=f"sft.{field}"):
+        load_run_config(path)
