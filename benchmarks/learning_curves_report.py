@@ -39,6 +39,15 @@ MECHANISM = {
     "skill_to_outcome_ratio": "skill/adv_to_outcome_ratio",
     "skill_adv_abs_max": "skill/adv_abs_max",
 }
+#: The skill-signal diagnostic per training batch (cells run with `skill_signal_diagnostics`):
+#: AUC of each score for the expert's good steps above its bad ones, and the skill share used.
+SKILL_SIGNAL = {
+    "auc_skill": "skill_signal/auc_skill",
+    "auc_skill_action": "skill_signal/auc_skill_action",
+    "auc_outcome": "skill_signal/auc_outcome",
+    "auc_opid": "skill_signal/auc_opid",
+    "share": "skill_signal/share",
+}
 
 
 def load_cells(results: Path) -> dict[str, list[dict[str, Any]]]:
@@ -169,6 +178,8 @@ def summarize(cells: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "steps_to_grpo_final": [steps_to_reach(c, target) for c in runs] if target is not None else None,
             "mechanism": {name: statistics.fmean([r[key] for c in runs for r in c["train"] if key in r] or [math.nan])
                           for name, key in MECHANISM.items()},
+            "skill_signal": {name: statistics.fmean([r[key] for c in runs for r in c["train"] if key in r] or [math.nan])
+                             for name, key in SKILL_SIGNAL.items()},
             "commits": sorted({c["commit"] for c in runs}),
         }
         if method != "grpo" and grpo_final:
@@ -215,6 +226,15 @@ def markdown(summary: dict[str, Any]) -> str:
                   "| method | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
         for method, e in summary["methods"].items():
             lines.append(f"| {method} | " + " | ".join(_fmt(e["per_type"].get(t)) for t in types) + " |")
+    signal = {m: e["skill_signal"] for m, e in summary["methods"].items()
+              if any(not math.isnan(v) for v in e.get("skill_signal", {}).values())}
+    if signal:
+        lines += ["", "Skill signal against the expert (mean over training batches; AUC of good above bad steps):", "",
+                  "| method | A_skill | A_skill (action tokens) | A_ep | A_OPID | abs(lambda A_skill) / abs(A_ep) used |",
+                  "|---|---|---|---|---|---|"]
+        for method, v in signal.items():
+            lines.append(f"| {method} | {_fmt(v['auc_skill'], 2)} | {_fmt(v['auc_skill_action'], 2)} | "
+                         f"{_fmt(v['auc_outcome'], 2)} | {_fmt(v['auc_opid'], 2)} | {_sci(v['share'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -89,3 +89,17 @@ def test_cost_scaling_smoke(tmp_path):
         assert base["step_ratio"] == 1.0 and small["step_s"] > 0
         assert 0 < small["rows"] <= 2 * 4 and 0 < base["rows"] <= 4 * 4  # episodes x at most 4 turns
         assert small["peak_rss_mib"] > 0 and small["prompt_tokens_mean"] > 0
+
+
+@pytest.mark.slow
+def test_skill_signal_benchmark_smoke(tmp_path, tiny_model_dir):
+    out = run_script(["benchmarks/skill_signal.py", "--model", tiny_model_dir, "--name", "smoke", "--batches", "2",
+                      "--work-dir", str(tmp_path / "work"), "--results", str(tmp_path / "results"),
+                      "--resamples", "20", "training.per_device_train_batch_size=8",
+                      "training.max_completion_length=8", "training.max_turns=2"])
+    result = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    assert result["batches"] == 2 and result["forced"]["learning_rate"] == 0.0
+    steps = result["steps"]
+    assert {s["global_step"] for s in steps} == {0, 1} and result["report"]["steps"] == len(steps) > 0
+    assert all(s["label"] is False for s in steps)  # a random model never answers in format: every step is bad
+    assert "| all |" in out and "AUC by lambda" in out

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from learning_curves import parse_matrix  # noqa: E402
-from learning_curves_report import by_step, load_unfinished, permutation_test, steps_to_reach, summarize  # noqa: E402,E501
+from learning_curves_report import (by_step, load_unfinished, markdown, permutation_test, steps_to_reach,  # noqa: E402
+                                    summarize)
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 MAX_STEPS = 2
@@ -117,7 +118,8 @@ def test_steps_to_reach_and_summary_by_hand():
     cells = {
         "grpo": [_cell("grpo", 0, [(0, 0.2), (10, 0.4)]), _cell("grpo", 1, [(0, 0.2), (10, 0.6)])],
         "opid": [_cell("opid", 0, [(0, 0.2), (5, 0.5), (10, 0.7)],
-                       [(1, {"skill/adv_to_outcome_ratio": 0.01}), (2, {"skill/adv_to_outcome_ratio": 0.03})]),
+                       [(1, {"skill/adv_to_outcome_ratio": 0.01, "skill_signal/auc_skill": 0.6}),
+                        (2, {"skill/adv_to_outcome_ratio": 0.03, "skill_signal/auc_skill": 0.8})]),
                  _cell("opid", 1, [(0, 0.2), (10, 0.3)])],
     }
     assert steps_to_reach(cells["opid"][0], 0.5) == 5
@@ -130,6 +132,9 @@ def test_steps_to_reach_and_summary_by_hand():
     assert opid["vs_grpo"]["difference"] == pytest.approx(0.0)
     assert opid["mechanism"]["skill_to_outcome_ratio"] == pytest.approx(0.02)
     assert opid["start_success"] == pytest.approx(0.2)
+    assert opid["skill_signal"]["auc_skill"] == pytest.approx(0.7)
+    table = markdown(summary)
+    assert "| opid | 0.70 | - | - | - | - |" in table and "| grpo | " not in table.split("Skill signal")[1]
 
 
 def test_a_warm_start_of_another_setting_is_refused(tmp_path):

@@ -271,3 +271,30 @@ def test_off_calls_no_expert_and_writes_nothing(tiny_model_dir, tiny_tokenizer, 
     trainer.train()
     assert trainer.skill_signal is None and not (tmp_path / "out" / "skill_signal").exists()
     assert trainer._runner.record_expert is False
+
+
+# ---------------------------------------------------------------------------- placebo control
+def test_shuffled_skills_come_from_the_next_group():
+    from opid_trl import StepRecord, Trajectory
+    from opid_trl.skill_extractors import ShuffledSkillExtractor, make_skill_extractor
+
+    def trajectory(tid, group, target, rooms):
+        steps = [StepRecord(i, f"You are in room {i}.", "", "go east", True, 0.0) for i in range(rooms)]
+        steps.append(StepRecord(rooms, f"You are in room {rooms}. You see a {target}.", "", f"take {target}", True,
+                                10.0))
+        return Trajectory(tid, group, f"take the {target}.", steps, 10.0, True)
+
+    batch = [trajectory("a0", 0, "key", 1), trajectory("a1", 0, "key", 1), trajectory("b0", 1, "cup", 3)]
+    own = make_skill_extractor("rule_based")(batch)
+    placebo = make_skill_extractor("shuffled", inner="rule_based")
+    assert isinstance(placebo, ShuffledSkillExtractor)
+    shuffled = placebo(batch)
+    # group 0 gets group 1's skills (the cup workflow), group 1 gets group 0's (the key workflow)
+    assert shuffled[0].episode_skill == shuffled[1].episode_skill == own[2].episode_skill
+    assert shuffled[2].episode_skill == own[0].episode_skill and "cup" not in shuffled[2].episode_skill
+    # b0's decisive step (index 3) lands on a0's last step (index 1); a0's (index 1) stays at 1
+    assert shuffled[0].step_skills == {1: own[2].step_skills[3]} and shuffled[2].step_skills == own[0].step_skills
+    assert shuffled[0].meta["rules"] == {"episode": "shuffled:success_workflow", "steps": {1: "shuffled:decisive"}}
+    assert placebo([batch[0], batch[1]]) == [None, None]  # one group: nothing to swap with
+    with pytest.raises(ValueError, match="inner"):
+        make_skill_extractor("shuffled", inner="shuffled")

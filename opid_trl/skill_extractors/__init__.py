@@ -17,6 +17,7 @@ from .protocol import CallableSkillExtractor, SkillExtractor, SkillExtractorLike
 from .record import render_record
 from .registry import SKILL_EXTRACTORS, make_skill_extractor
 from .rule_based import RuleBasedSkillExtractor
+from .shuffled import ShuffledSkillExtractor
 
 __all__ = [
     "OUTPUT_SCHEMA",
@@ -29,6 +30,7 @@ __all__ = [
     "OpenAISkillExtractor",
     "PolicySkillExtractor",
     "RuleBasedSkillExtractor",
+    "ShuffledSkillExtractor",
     "SkillExtractor",
     "SkillExtractorLike",
     "as_skill_extractor",
