@@ -311,6 +311,10 @@ class OPIDTrainer(GRPOTrainer):
         if self._precomputed_loss_inputs is not None and torch.is_grad_enabled():
             logps, entropies = self._precomputed_loss_inputs
             return logps, entropies, None
+        if batch_size is None and not torch.is_grad_enabled():
+            # Evaluation's loss pass (prediction_step) builds no graph, so chunking it is free and
+            # exact; unchunked, every eval row of a rank would go through one forward.
+            batch_size = self.args.max_rows_per_forward
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
             compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
