@@ -16,10 +16,8 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-_ACTION_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL | re.IGNORECASE)
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 
 INSTRUCTION_LINE = "Now it's your turn to take an action."
 FORMAT_INSTRUCTIONS = (
@@ -89,6 +87,7 @@ ACTION_PARSING_MODES = ("strict", "reference")
 REFERENCE_TAIL_CHARS = 30
 
 _CJK_RE = re.compile(r"[\u4e00-\u9fff]")
+_ACTION_OPEN_RE = re.compile("<action>", re.IGNORECASE)
 
 
 def check_action_parsing(mode: str) -> str:
@@ -96,6 +95,41 @@ def check_action_parsing(mode: str) -> str:
     if mode not in ACTION_PARSING_MODES:
         raise ValueError(f"action_parsing: expected one of {list(ACTION_PARSING_MODES)}, got {mode!r}")
     return mode
+
+
+class TagBlock(NamedTuple):
+    """One ``<tag>content</tag>`` block of an answer: its tag (lower case), span and content."""
+
+    tag: str
+    start: int
+    end: int
+    content: str
+
+
+def tag_blocks(text: str, tags: Sequence[str]) -> list[TagBlock]:
+    """The ``<tag>...</tag>`` blocks of ``text`` for any of ``tags`` (tags in any case), left to right,
+    exactly those ``re.finditer(r"<(t1|t2)>(.*?)</\\1>", re.DOTALL | re.IGNORECASE)`` finds, in
+    linear time.
+
+    That regex retries from every later opening tag when one has no closing tag, which is
+    quadratic on an answer that repeats an opening tag (a policy can write 64k tokens of
+    ``<action>``: seconds to minutes per answer). Here an opening tag with no closing tag after it
+    is skipped at once, known from where each tag's last closing tag is.
+    """
+    opening = re.compile("<(" + "|".join(re.escape(t) for t in tags) + ")>", re.IGNORECASE)
+    closing = {t.lower(): re.compile(f"</{re.escape(t)}>", re.IGNORECASE) for t in tags}
+    last_close = {t: max((m.start() for m in pattern.finditer(text)), default=-1) for t, pattern in closing.items()}
+    blocks: list[TagBlock] = []
+    position = 0
+    while (opened := opening.search(text, position)) is not None:
+        tag = opened.group(1).lower()
+        if last_close[tag] < opened.end():  # never closed: the regex would fail here and move on
+            position = opened.start() + 1
+            continue
+        closed = closing[tag].search(text, opened.end())
+        blocks.append(TagBlock(tag, opened.start(), closed.end(), text[opened.end() : closed.start()]))
+        position = closed.end()
+    return blocks
 
 
 def parse_think_action(text: str) -> tuple[str | None, bool]:
@@ -108,15 +142,15 @@ def parse_think_action(text: str) -> tuple[str | None, bool]:
     is still returned so that it can be logged, but it is flagged invalid and never executed.
     See :func:`parse_think_action_reference` for the reference's looser rule.
     """
-    actions = _ACTION_RE.findall(text)
+    actions = tag_blocks(text, ("action",))
     if not actions:
         return None, False
-    action = actions[-1].strip().lower()
+    action = actions[-1].content.strip().lower()
     if not action:
         return None, False
-    think = _THINK_RE.search(text)
-    action_start = text.lower().rfind("<action>")
-    valid = len(actions) == 1 and think is not None and think.end() <= action_start
+    thinks = tag_blocks(text, ("think",))
+    last_open = max((m.start() for m in _ACTION_OPEN_RE.finditer(text)), default=-1)
+    valid = len(actions) == 1 and bool(thinks) and thinks[0].end <= last_open
     return action, valid
 
 

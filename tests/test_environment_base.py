@@ -213,3 +213,35 @@ def test_task_builders_take_the_environment_kwargs():
         environments.tasks("fetch", num_tasks=1, env_kwargs={"colour": "red"})
     with pytest.raises(ValueError, match="max_rooms"):
         environments.tasks("fetch", num_tasks=1, env_kwargs={"max_rooms": 4}, max_rooms=5)
+
+
+# ---------------------------------------------------------------------------- linear-time tag parsing
+def test_tag_blocks_find_what_the_regex_finds():
+    import random
+    import re
+
+    from environments.base import tag_blocks
+
+    pieces = ["<action>", "</action>", "<ACTION>", "</Action>", "<think>", "</think>", "<search>", "</search>",
+              "<answer>", "</answer>", "a", " ", "\n", "<", ">", "/"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        for tags in (("action",), ("think",), ("search", "answer")):
+            pattern = re.compile("<(" + "|".join(tags) + r")>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
+            expected = [(m.group(1).lower(), m.start(), m.end(), m.group(2)) for m in pattern.finditer(text)]
+            assert [tuple(b) for b in tag_blocks(text, tags)] == expected, (text, tags)
+
+
+@pytest.mark.timeout(60)
+def test_a_megabyte_of_repeated_opening_tags_parses_at_once():
+    """The regexes these parsers used retried every later opening tag: quadratic, ~13 s at 128 KB and
+    minutes at 1 MB. A linear parser reads 1 MB of each adversarial answer well within the limit."""
+    from environments.base import parse_think_action
+    from environments.search_qa.env import parse_search_action, parse_search_action_reference
+
+    for tag in ("<action>", "<think>", "<search>", "<answer>"):
+        text = "<think>x</think>" + tag * (2**20 // len(tag))
+        assert parse_think_action(text)[1] is False
+        assert parse_search_action(text)[1] is False
+        parse_search_action_reference(text)

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..base import INSTRUCTION_LINE, AgentEnvironment, PromptView, StepResult, render_history, window
+from ..base import INSTRUCTION_LINE, AgentEnvironment, PromptView, StepResult, render_history, tag_blocks, window
 from .loaders import task_fields
 from .normalize import exact_match
 from .oracle import is_generated_task, oracle_response
@@ -36,11 +36,8 @@ SEARCH_FORMAT_INSTRUCTIONS = (
     "<answer> your answer </answer>, for example <answer> Beijing </answer>."
 )
 
-_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL | re.IGNORECASE)
 _BLOCK = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL | re.IGNORECASE)
 _OPEN_TAG = re.compile(r"</?(search|answer)>", re.IGNORECASE)
-_SEARCH_BLOCK = re.compile(r"<search>(.*?)</search>", re.DOTALL | re.IGNORECASE)
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _SEARCH_OPEN = re.compile(r"<search>", re.IGNORECASE)
 _ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
 
@@ -56,18 +53,19 @@ def parse_search_action(text: str) -> tuple[str | None, bool]:
     (queries and answers are not case-folded) with whitespace collapsed. For an ill-formed response
     the last block found, if any, is still returned for the logs, and never played.
     """
-    blocks = list(_BLOCK.finditer(text))
+    blocks = tag_blocks(text, ("search", "answer"))
     if not blocks:
         return None, False
     last = blocks[-1]
-    content = " ".join(last.group(2).split())
-    action = f"<{last.group(1).lower()}>{content}</{last.group(1).lower()}>" if content else None
-    think = _THINK.search(text)
-    if action is None or think is None:
+    content = " ".join(last.content.split())
+    action = f"<{last.tag}>{content}</{last.tag}>" if content else None
+    thinks = tag_blocks(text, ("think",))
+    if action is None or not thinks:
         return action, False
-    before, after = text[: think.start()], text[think.end():]
+    think = thinks[0]
+    before, after = text[: think.start], text[think.end:]
     valid = (len(_OPEN_TAG.findall(before)) == 0 and len(_OPEN_TAG.findall(after)) == 2
-             and len(_BLOCK.findall(after)) == 1 and think.end() <= last.start())
+             and len(tag_blocks(after, ("search", "answer"))) == 1 and think.end <= last.start)
     return action, valid
 
 
@@ -87,12 +85,12 @@ def parse_search_action_reference(text: str) -> tuple[str, bool]:
         trimmed = text.split("</answer>", 1)[0] + "</answer>"
     else:
         trimmed = text
-    match = _SEARCH_BLOCK.search(trimmed)
-    if match:
-        action = f"<search>{match.group(1).strip()}</search>"
+    searches_found = tag_blocks(trimmed, ("search",))
+    if searches_found:
+        action = f"<search>{searches_found[0].content.strip()}</search>"
     else:
-        match = _ANSWER_BLOCK.search(trimmed)
-        action = f"<answer>{match.group(1).strip()}</answer>" if match else ""
+        answers_found = tag_blocks(trimmed, ("answer",))
+        action = f"<answer>{answers_found[0].content.strip()}</answer>" if answers_found else ""
     searches, answers = len(_SEARCH_OPEN.findall(text)), len(_ANSWER_OPEN.findall(text))
     valid = bool(action) and not (searches and answers) and searches <= 1 and answers <= 1
     return action, valid
