@@ -89,7 +89,8 @@ class BatchMetrics:
             self.log(mode, f"skill/{kind}_rows_scored", scored)
             self.log(mode, f"skill/{kind}_prompt_over_budget", over)
 
-    def routing(self, mode: str, routed: Sequence[RoutedSkill], failures: int, num_trajectories: int) -> None:
+    def routing(self, mode: str, routed: Sequence[RoutedSkill], failures: int, num_trajectories: int) -> float:
+        """Routing shares and analysis failures; returns the failure rate over every process."""
         kinds = [r.kind for r in routed]
         n_step, n_ep, n_rows, n_fail, n_traj = self.global_sum([
             sum(k in ("step", "both") for k in kinds), sum(k in ("episode", "both") for k in kinds), len(kinds),
@@ -99,6 +100,7 @@ class BatchMetrics:
         self.log(mode, "skill/routed_episode_frac", n_ep / n_rows if n_rows else 0.0)
         self.log(mode, "skill/analysis_failures", n_fail)
         self.log(mode, "skill/analysis_failure_rate", n_fail / n_traj if n_traj else 0.0)
+        return n_fail / n_traj if n_traj else 0.0
 
     def outcome_groups(self, mode: str, group_ids: Sequence[int], step_advantages: Sequence[Sequence[float]],
                        returns: Sequence[float]) -> None:

@@ -88,3 +88,36 @@ class SkillAnalysis:
     def pop_metrics(self) -> dict[str, float]:
         """The extractor's counters since the last call."""
         return dict(self.extractor.pop_metrics())
+
+
+class CoverageWatch:
+    """Says so in the log, at warning level, when OPID has quietly become GRPO.
+
+    A trajectory whose analysis failed gets no skill signal; an extractor that is down, or answers
+    in a form the parser no longer reads, leaves every trajectory without one, and the run goes on
+    as plain GRPO with only a counter (`skill/analysis_failure_rate`) to show it. After `patience`
+    batches in a row in which fewer than `min_share` of the trajectories got a skill, this warns
+    once, and again (at info level) when coverage is back.
+    """
+
+    def __init__(self, min_share: float = 0.5, patience: int = 3) -> None:
+        self.min_share = min_share
+        self.patience = patience
+        self.low_batches = 0
+
+    def update(self, failure_rate: float, global_step: int) -> None:
+        """Record one batch's share of trajectories without a skill (``failure_rate``)."""
+        if 1.0 - failure_rate >= self.min_share:
+            if self.low_batches >= self.patience:
+                logger.info("skill extractor: skills are back at step %d (%.0f%% of trajectories have one)",
+                            global_step, 100 * (1.0 - failure_rate))
+            self.low_batches = 0
+            return
+        self.low_batches += 1
+        if self.low_batches == self.patience:
+            logger.warning("skill extractor: for %d batches in a row (up to step %d) fewer than %.0f%% of the "
+                           "trajectories got a skill (%.0f%% in the last one): OPID is training as GRPO on them. "
+                           "Check the extractor (skill_extractor/failed_* metrics, the audit trail in "
+                           "<output_dir>/analysis/)", self.patience, global_step, 100 * self.min_share,
+                           100 * (1.0 - failure_rate))
+

@@ -54,7 +54,7 @@ from .importance_sampling import vllm_importance_ratio
 from .rollout import Episode, EpisodeRunner
 from .random_state import RandomState, uses_dropout
 from .routing import RoutedSkill, inject
-from .skill_analysis import AnalysisResult, SkillAnalysis
+from .skill_analysis import AnalysisResult, CoverageWatch, SkillAnalysis
 from .skill_extractors import SkillExtractorLike, as_skill_extractor
 from .skill_signal_recorder import SignalInfo, SkillSignalRecorder
 from .skill_scoring import (SKILL_LOGPS_KEYS, RenderSkillPrompt, ScoreRows, SkillScores, TokenizePrompts,
@@ -191,6 +191,7 @@ class OPIDTrainer(GRPOTrainer):
             self.add_callback(CheckpointCompletionCallback())
         self.batch_metrics = BatchMetrics(self.accelerator, self._metrics)
         self.analysis = self._skill_analysis(extractor)
+        self.skill_coverage = CoverageWatch()
         self.heatmaps = HeatmapRecorder(args.output_dir, self.accelerator.process_index, args.heatmap_rows,
                                         on_report=self._log_heatmap_report) if args.heatmap_rows > 0 else None
         self.skill_signal = SkillSignalRecorder(
@@ -558,7 +559,9 @@ class OPIDTrainer(GRPOTrainer):
     def _log_skill_batch(self, mode: str, scores: SkillScores, routed: list[RoutedSkill], result: AnalysisResult,
                          num_trajectories: int) -> None:
         self.batch_metrics.skill_passes(mode, scores)
-        self.batch_metrics.routing(mode, routed, result.failures, num_trajectories)
+        failure_rate = self.batch_metrics.routing(mode, routed, result.failures, num_trajectories)
+        if self.accelerator.is_main_process:
+            self.skill_coverage.update(failure_rate, self.state.global_step)
         counters = sorted(self.analysis.pop_metrics().items())
         for (name, _), total in zip(counters, self.batch_metrics.global_sum([v for _, v in counters])):
             self.batch_metrics.log(mode, f"skill_extractor/{name}", total)

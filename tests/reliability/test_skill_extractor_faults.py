@@ -306,3 +306,41 @@ def test_rate_limited_with_retry_after_fails_within_the_retry_budget():
     assert limited.meta["error_type"] == "rate_limited" and "HTTP 429 after 1 retries" in limited.error
     assert server.count("ratelimited") == 2 and 0.2 <= elapsed < 3.0  # Retry-After: 0.2 s honoured once
     assert metrics["failed_rate_limited"] == 1 and metrics["retries"] == 1
+
+
+# ---------------------------------------------------------------------------- OPID silently becoming GRPO
+def test_coverage_watch_warns_once_after_patience_and_says_when_skills_are_back(caplog):
+    import logging
+
+    from opid_trl.skill_analysis import CoverageWatch
+
+    watch = CoverageWatch(min_share=0.5, patience=3)
+    with caplog.at_level(logging.INFO, logger="opid_trl.skill_analysis"):
+        for step, rate in enumerate([1.0, 0.9, 0.2, 1.0, 0.8, 0.6, 0.7, 0.9, 0.95]):
+            watch.update(rate, step)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    # 1.0, 0.9 then a good batch (0.2) resets; 1.0, 0.8, 0.6 is three in a row: one warning at step 5
+    assert len(warnings) == 1 and "up to step 5" in warnings[0].getMessage() and "as GRPO" in warnings[0].getMessage()
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 0  # 0.7, 0.9 and 0.95 are still low: coverage never came back
+    with caplog.at_level(logging.INFO, logger="opid_trl.skill_analysis"):
+        watch.update(0.0, 9)
+    assert "back at step 9" in caplog.records[-1].getMessage()
+
+
+def test_a_dead_extractor_is_named_in_the_log_of_a_run(tiny_model_dir, tiny_tokenizer, tmp_path, caplog):
+    import logging
+
+    from datasets import Dataset
+
+    from opid_trl import OPIDTrainer
+
+    from ..conftest import tiny_config
+
+    trainer = OPIDTrainer(model=tiny_model_dir, processing_class=tiny_tokenizer, environment="fetch",
+                          args=tiny_config(tmp_path, max_steps=3, beta=0.0),
+                          train_dataset=Dataset.from_list([{"seed": i} for i in range(8)]),
+                          skill_extractor=lambda trajectories: [None] * len(trajectories))
+    with caplog.at_level(logging.WARNING, logger="opid_trl.skill_analysis"):
+        trainer.train()
+    assert any("OPID is training as GRPO" in r.getMessage() for r in caplog.records)
