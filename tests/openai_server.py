@@ -23,9 +23,11 @@ VALID = {"episode_summary": "It worked.", "episode_skill": "Walk east, then take
 
 
 class ScriptedOpenAIServer:
-    def __init__(self, api_key: str, reject_schema: bool = False, slow_seconds: float = 1.5) -> None:
+    def __init__(self, api_key: str, reject_schema: bool = False, slow_seconds: float = 1.5,
+                 reject_max_completion_tokens: bool = False) -> None:
         self.api_key = api_key
         self.reject_schema = reject_schema
+        self.reject_max_completion_tokens = reject_max_completion_tokens
         self.slow_seconds = slow_seconds
         self.requests: list[dict] = []
         self.counts: dict[str, int] = {}
@@ -98,6 +100,12 @@ class ScriptedOpenAIServer:
             return self._send(handler, 401, {"error": {"message": "bad key"}})
         if self.reject_schema and "response_format" in body:
             return self._send(handler, 400, {"error": {"message": "response_format is not supported"}})
+        if self.reject_max_completion_tokens and "max_completion_tokens" in body:
+            return self._send(handler, 400, {"error": {"message": "Unsupported parameter: 'max_completion_tokens'",
+                                                       "param": "max_completion_tokens"}})
+        if behaviour == "toolong":  # a 400 about this request alone: the prompt exceeds the context
+            return self._send(handler, 400, {"error": {"message": "This model's maximum context length is 4096 "
+                                                       "tokens; your messages resulted in 9000 tokens."}})
         reasked = len(body["messages"]) > 2
         if behaviour == "valid":
             return self._answer(handler, json.dumps(VALID))

@@ -82,6 +82,34 @@ def test_structured_output_fallback(tmp_path):
     assert len(bodies) == 3  # rejected once, then plain prompting for good
 
 
+def test_a_400_about_one_request_downgrades_nothing(caplog):
+    """An over-long trajectory's 400 fails that trajectory only: the next requests keep structured
+    output and max_completion_tokens (a reasoning model refuses max_tokens)."""
+    with ScriptedOpenAIServer(KEY) as server:
+        a = extractor(server)
+        first = a([trajectory("toolong")])[0]
+        second = a([trajectory("valid")])[0]
+    assert first.failed and "maximum context length" in first.error and not second.failed
+    bodies = [r["body"] for r in server.requests]
+    assert len(bodies) == 2 and all("response_format" in b and "max_completion_tokens" in b for b in bodies)
+    assert not any("from now on" in r.getMessage() for r in caplog.records)
+
+
+def test_unsupported_max_completion_tokens_switches_to_max_tokens_once_and_loudly(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING), ScriptedOpenAIServer(KEY, reject_max_completion_tokens=True) as server:
+        a = extractor(server)
+        results = a([trajectory("valid")]) + a([trajectory("fenced")])
+    assert not any(r.failed for r in results)
+    bodies = [r["body"] for r in server.requests]
+    # the schema stays (the server never objected to it); the token parameter is switched once
+    assert "max_completion_tokens" in bodies[0] and all("max_tokens" in b for b in bodies[1:])
+    assert all("response_format" in b for b in bodies) and len(bodies) == 3
+    warnings = [r.getMessage() for r in caplog.records if "max_completion_tokens" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 def test_cache_hits_skip_the_server(tmp_path):
     cache_file = tmp_path / "cache.jsonl"
     with ScriptedOpenAIServer(KEY) as server:

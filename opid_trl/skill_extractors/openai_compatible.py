@@ -240,6 +240,21 @@ class OpenAISkillExtractor(LLMSkillExtractor):
             logger.warning("skill extractor: the endpoint answers again; retries are back on")
         self._outage = down
 
+    def _downgrade(self, parameter: str | None) -> bool:
+        """Stop sending ``parameter`` (named unsupported by the server), once and loudly; whether
+        the request should be sent again without it."""
+        if parameter == "response_format" and self._use_schema and self.structured_output == "auto":
+            self._use_schema = False
+            logger.warning("skill extractor: the server does not support structured output (response_format); "
+                           "asking for JSON by prompting from now on")
+            return True
+        if parameter == "max_completion_tokens" and self._token_param == "max_completion_tokens":
+            self._token_param = "max_tokens"
+            logger.warning("skill extractor: the server does not support max_completion_tokens; sending max_tokens "
+                           "from now on")
+            return True
+        return False
+
     def _request_kwargs(self, messages: list[dict]) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": self.temperature,
                                   self._token_param: self.max_completion_tokens}
@@ -258,13 +273,12 @@ class OpenAISkillExtractor(LLMSkillExtractor):
                 raw = await client.chat.completions.with_raw_response.create(**self._request_kwargs(messages))
             except openai.BadRequestError as exc:
                 retries += _retries_of(exc.request)
-                # A server without structured output or without `max_completion_tokens`: drop the
-                # feature for good and send the request again (a downgrade, not a retry).
-                if self._use_schema and self.structured_output == "auto":
-                    self._use_schema = False
-                    continue
-                if self._token_param == "max_completion_tokens":
-                    self._token_param = "max_tokens"
+                # A server that names structured output or `max_completion_tokens` as unsupported:
+                # drop that feature for good and send the request again (a downgrade, not a retry).
+                # Any other 400 (an over-long trajectory, say) fails this request only: downgrading
+                # on it would switch reasoning models, which refuse `max_tokens`, to a parameter
+                # that fails every later request.
+                if self._downgrade(unsupported_parameter(exc)):
                     continue
                 return Completion(error=self._clean(f"bad request: {exc}"),
                                   latency_s=time.perf_counter() - start, retries=retries, error_type="http_error")
@@ -295,3 +309,16 @@ class OpenAISkillExtractor(LLMSkillExtractor):
                 completion_tokens=_as_int(getattr(usage, "completion_tokens", 0)),
                 retries=retries,
             )
+
+
+def unsupported_parameter(exc: Exception) -> str | None:
+    """Which optional request parameter a 400 says the server does not support: ``"response_format"``
+    (structured output: also named ``json_schema`` or guided decoding by some servers) or
+    ``"max_completion_tokens"``; ``None`` for any other bad request."""
+    text = f"{exc} {getattr(exc, 'body', '')}".lower()
+    if "max_completion_tokens" in text:
+        return "max_completion_tokens"
+    if any(name in text for name in ("response_format", "json_schema", "structured output", "guided")):
+        return "response_format"
+    return None
+
