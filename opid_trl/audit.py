@@ -44,7 +44,7 @@ class AnalysisAuditLog:
             self._drop_records_from(global_step)
         with self.path.open("a") as f:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                f.write(json.dumps(row, ensure_ascii=True, default=str) + "\n")
         if self.use_wandb:
             self._log_wandb(rows)
 

@@ -78,7 +78,7 @@ class HeatmapRecorder:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.write(json.dumps(record, ensure_ascii=True) + "\n")
         try:
             from .heatmap import load_records, write_report
 

@@ -29,6 +29,7 @@ from .generation import GenerationBackend, Sample, sample_with
 from .prompt_budget import FittedPrompts, fit_prompts
 from .routing import inject
 from .trajectory import StepRecord, Trajectory
+from .untrusted_text import clean_text
 
 logger = logging.getLogger(__name__)
 
@@ -241,10 +242,10 @@ class EpisodeRunner:
     @staticmethod
     def _view(episode: Episode, turn: int) -> PromptView:
         return PromptView(
-            task=episode.env.task_description,
+            task=clean_text(episode.env.task_description),
             step=turn,
             observation=episode.observation,
-            admissible_actions=tuple(episode.env.admissible_actions),
+            admissible_actions=tuple(clean_text(a) for a in episode.env.admissible_actions),
             history=tuple(episode.history),
         )
 
@@ -303,8 +304,8 @@ class EpisodeRunner:
         # What the next prompts show of this step: the environment decides (the played action in the
         # reference's mode; it may be empty), else the action, else the stripped answer.
         shown = result.history_text if result.history_text is not None else (result.action or response.strip())
-        ep.history.append(HistoryEntry(observation=ep.observation, action=shown))
-        ep.observation = result.observation
+        ep.history.append(HistoryEntry(observation=ep.observation, action=clean_text(shown)))
+        ep.observation = clean_text(result.observation)
         ep.won = ep.won or result.won
         ep.done = result.done
 
@@ -337,9 +338,9 @@ def _reset(episode: Episode) -> Exception | None:
         if not isinstance(observation, str):
             return TypeError(f"{type(episode.env).__name__}.reset returned {type(observation).__name__}, "
                              "expected the first observation as a str")
-        episode.observation = observation
+        episode.observation = clean_text(observation)
         episode.task_type = episode.env.task_type
-        episode.task = episode.env.task_description
+        episode.task = clean_text(episode.env.task_description)
     except Exception as exc:  # an engine failure ends this episode, never the run
         return exc
     return None

@@ -82,4 +82,4 @@ class SkillSignalRecorder:
             path = self.directory / f"step-{global_step}-rank{self.rank}.jsonl"
             with path.open("a") as f:
                 for record in records:
-                    f.write(json.dumps({"global_step": global_step, **record}, ensure_ascii=False) + "\n")
+                    f.write(json.dumps({"global_step": global_step, **record}, ensure_ascii=True) + "\n")

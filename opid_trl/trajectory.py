@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
+from .untrusted_text import clean_text
+
 if TYPE_CHECKING:  # the protocol imports this module, so it is only named here
     from .skill_extractors.protocol import SkillExtractor
 
@@ -115,7 +117,7 @@ def clip_skill(text: str, limit: int) -> str:
     A word boundary keeps the cut readable; a single word longer than the budget (a pasted blob)
     is cut hard, since there is no boundary to honour.
     """
-    text = " ".join(text.split())
+    text = " ".join(clean_text(text).split())
     if len(text) <= limit:
         return text
     head = text[: limit - len(_ELLIPSIS)]
