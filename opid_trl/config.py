@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
 import numbers
+import os
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from trl import GRPOConfig
@@ -98,6 +101,47 @@ class _FieldChecker:
     def boolean(self, name: str) -> None:
         if not isinstance(getattr(self.config, name), bool):
             self.fail(name, "must be true or false")
+
+
+def _deepspeed_zero_stage(deepspeed: Any) -> int | None:
+    """The ZeRO stage of a run: from ``deepspeed`` (a config dict or the path of a JSON file), else
+    from an `accelerate launch` DeepSpeed config (its environment variables); None without DeepSpeed."""
+    config = deepspeed
+    if isinstance(config, (str, os.PathLike)):
+        try:
+            config = json.loads(Path(config).read_text())
+        except (OSError, ValueError):
+            return None  # TrainingArguments reports an unreadable DeepSpeed file itself
+    if isinstance(config, dict):
+        stage = (config.get("zero_optimization") or {}).get("stage")
+        return stage if isinstance(stage, int) else None
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+        return int(stage) if stage.isdigit() else None
+    return None
+
+
+def sharded_parameters(deepspeed: Any, fsdp: Any) -> str | None:
+    """'ZeRO-3' or 'FSDP' when the policy's parameters are sharded across processes (from the
+    ``deepspeed`` and ``fsdp`` training arguments, or an `accelerate launch` config), else None.
+
+    Generating with such a model is a collective operation: gathering the parameters, and under
+    ZeRO-3 the forward hooks that check every process ran the same forward passes. Everything
+    that generates must then do so in step on every process.
+    """
+    if _deepspeed_zero_stage(deepspeed) == 3:
+        return "ZeRO-3"
+    if fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "FSDP"
+    return None
+
+
+#: Why the policy cannot be its own skill extractor when its parameters are sharded.
+POLICY_EXTRACTOR_SHARDED = (
+    "'self' (the policy as its own skill extractor) cannot run under {sharding}: each process asks the policy "
+    "as many analysis batches as its own trajectories need (cache hits and re-asks differ), and generating with "
+    "sharded parameters is a collective operation, so the processes would wait on each other for ever. Use "
+    "'openai' with a vLLM or SGLang server of the same model (the paper's setting), 'rule_based', or ZeRO-2 / DDP")
 
 
 @dataclass
@@ -407,6 +451,17 @@ class OPIDConfig(GRPOConfig):
                        "vllm_mode='server' (or async_episodes=False)")
         check.boolean("overlap_analysis")
         check.boolean("log_analyses")
+        if self.use_vllm and self.vllm_mode == "colocate" and _is_int(self.vllm_tensor_parallel_size) \
+                and self.vllm_tensor_parallel_size > 1:
+            check.fail("vllm_tensor_parallel_size", "colocated vLLM with tensor parallelism needs every rank of a "
+                       "tensor-parallel group to send the same prompts (TRL gathers them across the group), while "
+                       "OPID's episode loop generates each rank's own turns; use 1, or vllm_mode='server' with "
+                       "the server's --tensor-parallel-size")
+        if not self.ds3_gather_for_generation and not self.use_vllm and _deepspeed_zero_stage(self.deepspeed) == 3:
+            check.fail("ds3_gather_for_generation", "False under ZeRO-3 generates with partitioned parameters, "
+                       "which needs every rank to run the same number of forward passes in lockstep; episodes give "
+                       "ranks different numbers of turns, so the run would hang. Keep it True (parameters gathered "
+                       "once per rollout), or use vLLM for generation")
 
     @property
     def episode_outcome_norm(self) -> str:

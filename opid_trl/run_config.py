@@ -520,6 +520,7 @@ def build_training_args(run: RunConfig, **forced: Any):
 
 def build_skill_extractor(run: RunConfig):
     """The skill extractor named by ``skill_extractor.name`` (``none`` gives plain GRPO)."""
+    from .config import POLICY_EXTRACTOR_SHARDED, sharded_parameters
     from .skill_extractors import SKILL_EXTRACTORS, make_skill_extractor
 
     name = run.skill_extractor.name
@@ -530,6 +531,9 @@ def build_skill_extractor(run: RunConfig):
                           f"choose one of {sorted(SKILL_EXTRACTORS) + ['none']}")
     if not isinstance(run.skill_extractor.kwargs, dict):
         raise ConfigError(f"skill_extractor.kwargs: expected a mapping, got {type(run.skill_extractor.kwargs).__name__}")
+    sharding = sharded_parameters(run.training.get("deepspeed"), run.training.get("fsdp"))
+    if name == "self" and sharding:
+        raise ConfigError("skill_extractor.name: " + POLICY_EXTRACTOR_SHARDED.format(sharding=sharding))
     try:
         return make_skill_extractor(name, **run.skill_extractor.kwargs)
     except (ValueError, TypeError) as exc:

@@ -46,7 +46,7 @@ from .advantages import episode_step_advantages, opid_advantages
 from .audit import AnalysisAuditLog
 from .batch_metrics import BatchMetrics
 from .checkpoints import CheckpointCompletionCallback
-from .config import OPIDConfig
+from .config import POLICY_EXTRACTOR_SHARDED, OPIDConfig, sharded_parameters
 from .episode_settings import resolve_episode_settings
 from .heatmap_recorder import HeatmapRecorder
 from .generation import GenerationBackend, ScoringBackend, TransformersGenerationBackend
@@ -55,7 +55,7 @@ from .rollout import Episode, EpisodeRunner
 from .random_state import RandomState, uses_dropout
 from .routing import RoutedSkill, inject
 from .skill_analysis import AnalysisResult, CoverageWatch, SkillAnalysis
-from .skill_extractors import SkillExtractorLike, as_skill_extractor
+from .skill_extractors import PolicySkillExtractor, SkillExtractorLike, as_skill_extractor
 from .skill_signal_recorder import SignalInfo, SkillSignalRecorder
 from .skill_scoring import (SKILL_LOGPS_KEYS, RenderSkillPrompt, ScoreRows, SkillScores, TokenizePrompts,
                             engine_old_logps, engine_score_rows, plan_skill_passes, score_skills)
@@ -166,6 +166,9 @@ class OPIDTrainer(GRPOTrainer):
         self.environment_factory = resolve_environment(environment, environment_kwargs)
         reward_funcs = self._environment_reward_funcs(reward_funcs, args, kwargs)
         extractor = as_skill_extractor(skill_extractor)
+        sharding = sharded_parameters(args.deepspeed, args.fsdp)
+        if isinstance(extractor, PolicySkillExtractor) and sharding:  # before any model loads
+            raise ValueError("skill_extractor: " + POLICY_EXTRACTOR_SHARDED.format(sharding=sharding))
         with _vllm_engine_setup(args):
             super().__init__(
                 model=model,

@@ -147,3 +147,64 @@ def test_explicit_outcome_norm_wins_over_the_default_scale_rewards():
 def test_contradicting_outcome_norm_and_scale_rewards_fail():
     with pytest.raises(ValueError, match="OPIDConfig.outcome_norm.*scale_rewards"):
         OPIDConfig(**BASE, outcome_norm="mean_std_norm", scale_rewards="none")
+
+
+# ---------------------------------------------------------------------------- settings that would hang at scale
+def test_colocated_vllm_with_tensor_parallelism_is_refused():
+    pytest.importorskip("vllm")
+    with pytest.raises(ValueError, match="vllm_tensor_parallel_size.*each rank's own turns"):
+        OPIDConfig(**BASE, use_vllm=True, vllm_mode="colocate", vllm_tensor_parallel_size=2)
+
+
+@pytest.mark.parametrize("source", ["dict", "file", "accelerate"])
+def test_zero3_without_gathering_for_generation_is_refused(tmp_path, monkeypatch, source):
+    import json
+
+    zero3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
+    kwargs = {}
+    if source == "dict":
+        kwargs["deepspeed"] = zero3
+    elif source == "file":
+        path = tmp_path / "zero3.json"
+        path.write_text(json.dumps(zero3))
+        kwargs["deepspeed"] = str(path)
+    else:
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(ValueError, match="ds3_gather_for_generation.*hang"):
+        OPIDConfig(**BASE, ds3_gather_for_generation=False, **kwargs)
+
+
+def test_gathering_off_without_zero3_is_fine(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+    from opid_trl.config import _deepspeed_zero_stage
+
+    assert _deepspeed_zero_stage(None) == 2 and _deepspeed_zero_stage({"zero_optimization": {"stage": 3}}) == 3
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    assert _deepspeed_zero_stage(None) is None
+    assert OPIDConfig(**BASE, ds3_gather_for_generation=False).ds3_gather_for_generation is False
+
+
+def test_the_policy_cannot_be_its_own_extractor_with_sharded_parameters(tmp_path, monkeypatch):
+    import yaml
+
+    from opid_trl import OPIDTrainer
+    from opid_trl.config import sharded_parameters
+    from opid_trl.run_config import ConfigError, build_skill_extractor, load_run_config
+    from opid_trl.skill_extractors import PolicySkillExtractor
+
+    zero3 = {"zero_optimization": {"stage": 3}}
+    assert sharded_parameters(zero3, None) == "ZeRO-3" and sharded_parameters(None, "full_shard") == "FSDP"
+    assert sharded_parameters({"zero_optimization": {"stage": 2}}, []) is None
+    # a run file: refused while reading it, naming the field
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": "m", "environment": {"name": "fetch"}, "skill_extractor": {"name": "self"},
+                                    "training": {"deepspeed": zero3}}))
+    with pytest.raises(ConfigError, match="skill_extractor.name: 'self'.*ZeRO-3"):
+        build_skill_extractor(load_run_config(path))
+    # from Python: refused before any model is loaded (this model path does not exist)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="skill_extractor: 'self'.*FSDP"):
+        OPIDTrainer(model=str(tmp_path / "no-such-model"), args=OPIDConfig(**BASE), environment="fetch",
+                    skill_extractor=PolicySkillExtractor())
