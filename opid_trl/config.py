@@ -200,10 +200,12 @@ class OPIDConfig(GRPOConfig):
                   "release the GIL, e.g. ALFWorld's planner). 0 steps them in the main thread."},
     )
     env_step_timeout: float | None = field(
-        default=None,
+        default=600.0,
         metadata={"help": "Seconds an environment's `reset` or `step` may take. A call past it fails its episode "
                   "(marked, counted in `env/errors`, left out of the advantages and the loss) instead of stalling "
-                  "the batch and, under DDP, every rank; the hung instance is dropped. `None`: no limit."},
+                  "the batch and, under DDP, every rank, for as long as it hangs; the hung instance is dropped and "
+                  "a warning names it. The default (10 minutes) is far above any real step (ALFWorld ~1 s, a "
+                  "retrieval server well under a minute); lower it for fast environments. `None`: no limit."},
     )
     async_episodes: bool = field(
         default=False,

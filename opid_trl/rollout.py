@@ -153,20 +153,26 @@ class EpisodeRunner:
         return list(self._executor.map(fn, items))
 
     def _map_timed(self, fn: Callable, items: Sequence) -> list:
-        """``fn`` over ``items`` in parallel, each call bounded by `step_timeout`: a call past it
-        returns a `TimeoutError` and its environment is abandoned. Calls run on daemon threads, so
-        a call that never returns keeps neither the batch nor the interpreter's exit waiting."""
+        """``fn`` over ``items``, each call bounded by `step_timeout`: a call past it returns a
+        `TimeoutError` and its environment is abandoned. Calls run on daemon threads, so a call that
+        never returns keeps neither the batch nor the interpreter's exit waiting: all at once with
+        `step_workers`, else one after the other (as without a limit: environments that are not
+        safe to step from several threads at once stay safe)."""
+        if self._executor is None:
+            return [self._timed_result(item, _TimedCall(fn, item), self.step_timeout) for item in items]
         calls = [_TimedCall(fn, item) for item in items]
         deadline = time.monotonic() + self.step_timeout
-        results = []
-        for item, call in zip(items, calls):
-            if call.wait(max(deadline - time.monotonic(), 0.0)):
-                results.append(call.result)
-                continue
-            episode = item[0] if isinstance(item, tuple) else item
-            self._abandon(episode.env)
-            results.append(TimeoutError(f"no answer within step_timeout={self.step_timeout} s"))
-        return results
+        return [self._timed_result(item, call, max(deadline - time.monotonic(), 0.0))
+                for item, call in zip(items, calls)]
+
+    def _timed_result(self, item: Any, call: _TimedCall, wait: float) -> Any:
+        """``call``'s result if it ends within ``wait`` seconds, else a `TimeoutError` (and its
+        environment is abandoned)."""
+        if call.wait(wait):
+            return call.result
+        episode = item[0] if isinstance(item, tuple) else item
+        self._abandon(episode.env)
+        return TimeoutError(f"no answer within step_timeout={self.step_timeout} s")
 
     def _abandon(self, env: AgentEnvironment) -> None:
         """Drop a hung environment from the pool: the next batch builds a fresh one."""

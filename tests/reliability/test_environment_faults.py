@@ -266,3 +266,33 @@ def test_training_goes_on_through_faults(tiny_model_dir, tiny_tokenizer, tmp_pat
     assert math.isfinite(h["loss"]) and h["env/errors"] > 0 and h["env/prompt_overflow"] > 0
     assert max(lengths) <= 256  # no prompt over the budget reached generation or the loss
     assert h["numerics/masked_rows"] == 0
+
+
+class CountingConcurrency(FetchEnvironment):
+    """Records how many steps of its class run at the same time."""
+
+    active = 0
+    most = 0
+    lock = __import__("threading").Lock()
+
+    def step(self, text):
+        with CountingConcurrency.lock:
+            CountingConcurrency.active += 1
+            CountingConcurrency.most = max(CountingConcurrency.most, CountingConcurrency.active)
+        time.sleep(0.05)
+        try:
+            return super().step(text)
+        finally:
+            with CountingConcurrency.lock:
+                CountingConcurrency.active -= 1
+
+
+def test_a_step_limit_is_on_by_default_and_keeps_steps_one_at_a_time():
+    """Without a limit a hung step stalled the batch for as long as it hung; the default limit runs
+    each step on a watched thread, still one after the other (engines need not be thread-safe)."""
+    from opid_trl import OPIDConfig
+
+    assert OPIDConfig(output_dir="/tmp/opid-default", use_cpu=True, report_to=[]).env_step_timeout == 600.0
+    CountingConcurrency.most = 0
+    episodes = play(CountingConcurrency, seeds=(0, 1, 2, 3), timeout=600.0)
+    assert all(not ep.failed for ep in episodes) and CountingConcurrency.most == 1
