@@ -403,6 +403,8 @@ class OPIDConfig(GRPOConfig):
         check.integer("env_step_workers", 0)
         check.number("env_step_timeout", 0, strict=True, optional=True, why=" of seconds (None: no limit)")
         check.integer("max_rows_per_forward", 1)
+        # GRPOConfig divides by it before saying anything (a ZeroDivisionError); GRPO needs two per group
+        check.integer("num_generations", 2, optional=True)
         check.number("eval_temperature", 0, strict=True, optional=True)
         check.number("success_threshold")
 

@@ -205,6 +205,10 @@ class OPIDTrainer(GRPOTrainer):
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._loss_batch: OPIDBatch | None = None
         self._rollout_count = 0
+        if self.environment_factory is not None and not getattr(self._tokenizer, "chat_template", None):
+            raise ValueError("processing_class: the tokenizer has no chat template, and every step of an episode is "
+                             "rendered as a chat (a user message, then the model's turn); use a chat/instruct model "
+                             "or set tokenizer.chat_template before building the trainer")
         self._runner = self._episode_runner() if self.environment_factory is not None else None
 
     def _environment_reward_funcs(self, reward_funcs, args: OPIDConfig, kwargs: Mapping[str, Any]):

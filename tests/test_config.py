@@ -208,3 +208,21 @@ def test_the_policy_cannot_be_its_own_extractor_with_sharded_parameters(tmp_path
     with pytest.raises(ValueError, match="skill_extractor: 'self'.*FSDP"):
         OPIDTrainer(model=str(tmp_path / "no-such-model"), args=OPIDConfig(**BASE), environment="fetch",
                     skill_extractor=PolicySkillExtractor())
+
+
+def test_num_generations_zero_is_named_not_a_division_by_zero():
+    with pytest.raises(ValueError, match="num_generations: must be an integer >= 2"):
+        OPIDConfig(**BASE, num_generations=0)
+
+
+def test_a_tokenizer_without_a_chat_template_is_named_before_training(tiny_model_dir, tiny_tokenizer, tmp_path):
+    from datasets import Dataset
+
+    from opid_trl import OPIDTrainer
+
+    from .conftest import tiny_config
+
+    tiny_tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="processing_class: the tokenizer has no chat template"):
+        OPIDTrainer(model=tiny_model_dir, processing_class=tiny_tokenizer, environment="fetch",
+                    args=tiny_config(tmp_path), train_dataset=Dataset.from_list([{"seed": 0}]))

@@ -163,3 +163,12 @@ def test_prompt_asks_for_workflow_or_avoidance():
     assert "workflow" in success and "at most 5 critical steps" in success
     assert "avoidance rules" in failure and "at most 2 critical steps" in failure
     assert '"step_skills"' in failure and "JSON only" in failure
+
+
+def test_a_huge_answer_says_it_was_cut():
+    from opid_trl.skill_extractors.parsing import MAX_SCAN_CHARS
+
+    answer = '{"episode_skill": "Walk east."}' + " filler" * (300 * 1024 // 7)
+    with pytest.raises(AnalysisParseError, match=r"last 64 KiB of the answer \(it is 3\d\d KiB long"):
+        parse_analysis(answer, num_steps=2, max_step_skills=2)
+    assert len(answer) > MAX_SCAN_CHARS

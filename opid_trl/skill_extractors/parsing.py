@@ -131,9 +131,12 @@ def parse_analysis(text: str | None, num_steps: int, max_step_skills: int) -> tu
     """
     if text is None or not text.strip():
         raise AnalysisParseError("the answer is empty")
+    cut = len(text) > MAX_SCAN_CHARS
+    where = (f"the last {MAX_SCAN_CHARS // 1024} KiB of the answer (it is {len(text) // 1024} KiB long; only its end "
+             "is read: ask for the JSON object alone, or a shorter answer)") if cut else "the answer"
     blocks = balanced_objects(text[-MAX_SCAN_CHARS:])
     if not blocks:
-        raise AnalysisParseError("no JSON object found in the answer")
+        raise AnalysisParseError(f"no JSON object found in {where}")
     first_error: AnalysisParseError | None = None
     for block in reversed(blocks):
         if not any(key in block for key in ANALYSIS_KEYS):
@@ -150,4 +153,4 @@ def parse_analysis(text: str | None, num_steps: int, max_step_skills: int) -> tu
                 first_error = first_error or exc  # the error of the last (most likely meant) object
     if first_error is not None:
         raise first_error
-    raise AnalysisParseError(f"no JSON object with the keys {', '.join(ANALYSIS_KEYS)} found in the answer")
+    raise AnalysisParseError(f"no JSON object with the keys {', '.join(ANALYSIS_KEYS)} found in {where}")
