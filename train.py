@@ -6,7 +6,9 @@
 
 Any field can be overridden with dotted names after the options. Everything is validated
 before the first model is loaded. `--resume` continues from the last complete checkpoint in the
-output directory (or from the checkpoint path given).
+output directory (or from the checkpoint path given), refusing a run file that changes what the
+checkpoints were trained with. One run at a time owns an output directory; a fresh run refuses one
+that holds an earlier run, unless `--overwrite` moves that run aside.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML run file")
-    parser.add_argument("--resume", nargs="?", const="last", default=None,
-                        help="resume from the last checkpoint in training.output_dir, or from the given path")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", nargs="?", const="last", default=None,
+                       help="resume from the last checkpoint in training.output_dir, or from the given path")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start fresh in a training.output_dir that holds an earlier run, moving that run "
+                            "into <output_dir>/previous-<time>/")
     parser.add_argument("--validate-only", action="store_true", help="check the configuration and exit")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. training.max_steps=5")
     return parser.parse_args(argv)
@@ -80,9 +86,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: valid")
         return 0
 
+    from opid_trl.run_dir import RunDirError, release_output_dir
+
+    try:
+        lock = claim_output_dir(args, run, training_args)
+    except RunDirError as exc:
+        if str(exc):  # said once, by the main process
+            print(exc, file=sys.stderr)
+        return 2
+    try:
+        return run_training(args, run, training_args, train_tasks, eval_tasks, skill_extractor, started)
+    finally:
+        release_output_dir(lock)
+
+
+def run_training(args: argparse.Namespace, run, training_args, train_tasks, eval_tasks, skill_extractor,
+                 started: float) -> int:
+    """The run itself, once the output directory is this run's (`claim_output_dir`)."""
+    from accelerate import PartialState
+
     from opid_trl import OPIDTrainer
     from opid_trl.embedded import resolve_model
     from opid_trl.reporting import MetricsJSONLCallback, plot_metrics
+    from opid_trl.run_dir import resolved_run_config, save_run_config
 
     output_dir = Path(training_args.output_dir)
     try:
@@ -90,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"--resume: {exc}", file=sys.stderr)
         return 2
+    if PartialState().is_main_process:  # what a later --resume is compared with
+        save_run_config(output_dir, resolved_run_config(run, training_args))
 
     model_path = resolve_model(run.model)
     if run.sft is not None:
@@ -118,6 +146,64 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def claim_output_dir(args: argparse.Namespace, run, training_args):
+    """Make the output directory this run's, before any model is loaded: the main process takes its
+    lock (held until the run ends) and checks it (`check_output_dir`); every rank gets the verdict,
+    so the other ranks of a refused run exit with it instead of waiting for it at a barrier.
+
+    Returns the lock (``None`` on the other ranks, which share the main process's folder). Raises
+    `RunDirError`, with the message on the main process and an empty one on the others.
+    """
+    from accelerate import PartialState
+
+    from opid_trl.run_dir import RunDirError, lock_output_dir, release_output_dir
+
+    state = PartialState()
+    lock, error = None, None
+    if state.is_main_process:
+        try:
+            lock = lock_output_dir(training_args.output_dir)
+            check_output_dir(args, run, training_args)
+        except (RunDirError, OSError) as exc:
+            release_output_dir(lock)
+            lock = None
+            error = str(exc) if isinstance(exc, RunDirError) else f"training.output_dir: {exc}"
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error], from_process=0)[0]
+    if error is not None:
+        raise RunDirError(error if state.is_main_process else "")
+    return lock
+
+
+def check_output_dir(args: argparse.Namespace, run, training_args) -> None:
+    """Refuse (`RunDirError`) a fresh run on a folder holding an earlier run unless ``--overwrite``
+    moves that run aside, and a resume whose run file changes what the checkpoints were trained
+    with (compared with the configuration saved beside them)."""
+    from opid_trl import run_dir
+
+    output_dir = Path(training_args.output_dir)
+    if args.resume is None:
+        if not args.overwrite:
+            run_dir.refuse_earlier_run(output_dir)
+        elif (moved := run_dir.move_aside(output_dir, keep=[args.config])) is not None:
+            print(f"--overwrite: the earlier contents of {output_dir} moved to {moved}", file=sys.stderr)
+        return
+    trained_in = output_dir if args.resume == "last" else Path(args.resume).parent
+    saved = run_dir.load_saved_config(trained_in)
+    if saved is None:
+        print(f"--resume: no saved run configuration in {trained_in} (a run from before they were saved); "
+              "the run file is not compared with the one the checkpoints were trained with", file=sys.stderr)
+        return
+    changes = run_dir.resume_changes(saved, run_dir.resolved_run_config(run, training_args))
+    if changes:
+        raise run_dir.RunDirError(
+            f"--resume: the run file changes settings the checkpoints in {trained_in} were trained with: "
+            + "; ".join(changes) + ". Restore them to resume; to train with them, start a new run (another "
+            "training.output_dir, or --overwrite to move this one aside)")
+
+
 def resume_checkpoint(resume: str | None, training_args) -> str | None:
     """The checkpoint `--resume` continues from (``None``: from scratch).
 
@@ -131,26 +217,15 @@ def resume_checkpoint(resume: str | None, training_args) -> str | None:
         return None
     from accelerate import PartialState
 
-    from opid_trl.checkpoints import checkpoint_problem, find_resume_checkpoint, set_aside
+    from opid_trl.checkpoints import last_complete_checkpoint, require_complete
 
     expect_optimizer = not training_args.save_only_model
     if resume != "last":
-        why = checkpoint_problem(resume, expect_optimizer)
-        if why is not None:
-            raise ValueError(f"{resume} is not a complete checkpoint: {why}")
-        return resume
-    state = PartialState()
+        return require_complete(resume, expect_optimizer)
     output_dir = Path(training_args.output_dir)
-    choice = find_resume_checkpoint(output_dir, expect_optimizer)
-    if training_args.should_save:  # the process that writes checkpoints moves them (once per node that saves)
-        for folder, why in choice.skipped:
-            try:
-                moved = set_aside(folder)
-            except FileNotFoundError:  # moved by the saving process of another node (shared disk)
-                continue
-            print(f"--resume: skipping {folder.name}, incomplete ({why}): moved to {moved}", file=sys.stderr)
-    state.wait_for_everyone()
-    if state.is_main_process:
+    choice = last_complete_checkpoint(output_dir, expect_optimizer, training_args.should_save,
+                                      say=lambda message: print(f"--resume: {message}", file=sys.stderr))
+    if PartialState().is_main_process:
         if choice.checkpoint is None:
             print(f"--resume: no complete checkpoint in {output_dir}; starting from scratch", file=sys.stderr)
         else:

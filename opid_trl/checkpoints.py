@@ -13,7 +13,9 @@ no ``trainer_state.json`` the trainer restarts at step 0 on the loaded weights, 
   files, or, for a folder without a marker, a file the trainer writes last is missing or a file is
   cut short);
 * `find_resume_checkpoint` picks the newest complete checkpoint, and `set_aside` moves the
-  incomplete newer ones out of the way.
+  incomplete newer ones out of the way (`last_complete_checkpoint` does both, for `train.py
+  --resume` and for `OPIDTrainer.train(resume_from_checkpoint=True)` alike, through
+  `resolve_resume_checkpoint`).
 
 Durability against power loss (fsync) is not covered: the files are complete once the process that
 wrote them has exited, whatever killed it.
@@ -22,11 +24,13 @@ wrote them has exited, whatever killed it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +45,8 @@ TRAINER_STATE = "trainer_state.json"
 INCOMPLETE_DIR = "incomplete-checkpoints"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+logger = logging.getLogger(__name__)
 
 
 def _files(folder: Path) -> dict[str, int]:
@@ -181,6 +187,53 @@ def set_aside(folder: str | Path) -> Path:
         target, n = target_dir / f"{folder.name}.{n}", n + 1
     shutil.move(str(folder), str(target))
     return target
+
+
+def require_complete(folder: str | Path, expect_optimizer: bool = True) -> str:
+    """``folder`` (as a string) once it is a complete checkpoint; a `ValueError` naming it and why
+    otherwise: a checkpoint asked for by name is refused rather than loaded half."""
+    why = checkpoint_problem(folder, expect_optimizer)
+    if why is not None:
+        raise ValueError(f"{folder} is not a complete checkpoint: {why}")
+    return str(folder)
+
+
+def last_complete_checkpoint(output_dir: str | Path, expect_optimizer: bool, should_save: bool,
+                             say: Callable[[str], None] = logger.warning) -> ResumeChoice:
+    """`find_resume_checkpoint`, with the incomplete newer checkpoints moved aside (`set_aside`) and
+    named through ``say``, on the processes that write checkpoints (``should_save``: one per node
+    that saves); every process waits for the moves, so none reads a folder while it moves."""
+    from accelerate import PartialState
+
+    choice = find_resume_checkpoint(output_dir, expect_optimizer)
+    if should_save:
+        for folder, why in choice.skipped:
+            try:
+                moved = set_aside(folder)
+            except FileNotFoundError:  # moved by the saving process of another node (shared disk)
+                continue
+            say(f"skipping {folder.name}, incomplete ({why}): moved to {moved}")
+    PartialState().wait_for_everyone()
+    return choice
+
+
+def resolve_resume_checkpoint(resume: str | os.PathLike | bool, args) -> str:
+    """The checkpoint `OPIDTrainer.train(resume_from_checkpoint=resume)` loads, for ``resume`` not
+    None or False.
+
+    ``True``: the newest complete checkpoint of ``args.output_dir``, the torn newer ones moved
+    aside (`get_last_checkpoint`, which `Trainer.train` uses, takes the newest folder whatever its
+    state); a `ValueError` when there is none, as `Trainer.train` raises when there is no checkpoint.
+    A path: itself, once it is a complete checkpoint (`require_complete`).
+    """
+    expect_optimizer = not args.save_only_model
+    if resume is not True:
+        return require_complete(resume, expect_optimizer)
+    choice = last_complete_checkpoint(args.output_dir, expect_optimizer, args.should_save)
+    if choice.checkpoint is None:
+        skipped = "".join(f"; {folder.name} is incomplete ({why})" for folder, why in choice.skipped)
+        raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {args.output_dir}{skipped}")
+    return choice.checkpoint
 
 
 class CheckpointCompletionCallback(TrainerCallback):

@@ -211,6 +211,20 @@ class OPIDTrainer(GRPOTrainer):
                              "or set tokenizer.chat_template before building the trainer")
         self._runner = self._episode_runner() if self.environment_factory is not None else None
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """`Trainer.train`, resuming only from a complete checkpoint.
+
+        ``True`` takes the newest *complete* checkpoint of ``output_dir`` and moves torn newer ones
+        aside (`Trainer` takes the newest folder, and a process killed mid-save leaves one it fails
+        to load or, without its trainer state, restarts at step 0 on); a path that is not a
+        complete checkpoint raises a ValueError naming it. See `opid_trl.checkpoints`.
+        """
+        from .checkpoints import resolve_resume_checkpoint
+
+        if resume_from_checkpoint is not None and resume_from_checkpoint is not False:
+            resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
     def _environment_reward_funcs(self, reward_funcs, args: OPIDConfig, kwargs: Mapping[str, Any]):
         """With an environment the episode outcome is the reward; refuse what cannot apply."""
         if self.environment_factory is None:

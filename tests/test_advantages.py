@@ -88,9 +88,12 @@ def test_skill_advantage_normalizes_before_clipping():
 
 
 def test_skill_advantage_normalize_uses_reduced_statistics():
-    # another process holds the same two values: the statistics double, the mean and std stay those of 4 values
-    got = skill_advantage(SKILL, OLD, MASK, normalize=True, all_reduce_sum=lambda t: 2 * t)[0].tolist()
-    approx(got, [1.0, -1.0, 0.0])
+    # here 0.5 and -1.0; another process holds 2.0 and 2.5 (sum 4.5, squares 10.25, 2 tokens). Over all
+    # four: mean 1.0, biased variance 11.5 / 4 - 1 = 1.875, std 1.369306 -> (0.5 - 1) / std, (-1 - 1) / std.
+    # (Local statistics alone would give +-1: the reduction must be used.)
+    other = torch.tensor([4.5, 10.25, 2.0], dtype=torch.float64)
+    got = skill_advantage(SKILL, OLD, MASK, normalize=True, all_reduce_sum=lambda t: t + other)[0].tolist()
+    approx(got, [-0.5 / 1.369306, -2.0 / 1.369306, 0.0])
 
 
 def test_skill_advantage_constant_values_are_only_centred():

@@ -27,8 +27,14 @@ def test_gpu_device_check_smoke(tmp_path):
     output = tmp_path / "gpu.json"
     run_script(["benchmarks/gpu_device_check.py", "--smoke", "--output", str(output)])
     result = json.loads(output.read_text())
-    text = json.dumps(result)
-    assert "grpo" in text and "opid" in text and "opid_over_grpo" in text
+    assert set(result["methods"]) == {"grpo", "opid"}
+    for method, run in result["methods"].items():
+        assert len(run["steps"]) == 2 and run["median"]["wall_s"] > 0, method  # --smoke trains 2 steps
+        assert run["trainer_released"] is True
+    assert result["methods"]["grpo"]["skill_coef"] == 0 and result["methods"]["opid"]["skill_coef"] > 0
+    ratio = result["methods"]["opid"]["median"]["wall_s"] / result["methods"]["grpo"]["median"]["wall_s"]
+    assert result["opid_over_grpo_step_time"] == pytest.approx(ratio)
+    assert result["summary"]["opid_over_grpo_step_time"] == pytest.approx(ratio, abs=1e-4)
 
 
 @pytest.mark.slow

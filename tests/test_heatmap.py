@@ -271,6 +271,23 @@ def test_the_report_loads_in_headless_chromium_without_console_errors(tmp_path):
     assert len(image.getcolors(maxcolors=1 << 20) or []) > 20  # text and colours, not a blank page
 
 
+@pytest.mark.browser
+def test_the_console_check_sees_a_page_that_logs_an_error(tmp_path):
+    """Positive control of the browser test above: a page whose script does log a console error is
+    caught, so "no console errors" there means the report ran no script, not that Chromium logged
+    nothing."""
+    if heatmap.chromium_binary() is None:
+        message = "chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    page = tmp_path / "bad.html"
+    page.write_text('<html><body><p>x</p><script>console.error("control error")</script></body></html>')
+    done = heatmap.take_screenshot(page, tmp_path / "bad.png")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert any("control error" in line for line in heatmap.console_errors(done.stderr))
+
+
 def test_a_screenshot_can_unfold_the_first_prompts_and_rows_show_the_weighted_term():
     records = [make_record(["a"], [-1.0], [-0.5]), make_record(["b"], [-1.0], [-1.5])]
     page = heatmap.render_report(records, open_prompts=1)

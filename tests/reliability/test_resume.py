@@ -25,6 +25,7 @@ import torch
 import train
 from opid_trl.checkpoints import (COMPLETE_MARKER, INCOMPLETE_DIR, CheckpointCompletionCallback, checkpoint_problem,
                                   find_resume_checkpoint)
+from tests.reliability.test_output_dir import ReachedTraining, snapshot, stop_before_training
 from tests.test_train_cli import ROOT, tiny_run_file
 
 AUDIT = Path("analysis") / "analyses-rank0.jsonl"
@@ -259,3 +260,89 @@ def test_kill_9_during_training_then_resume(tiny_model_dir, tmp_path):
     assert sorted({step for step, _ in keys}) == list(range(max_steps))
     assert (run / "final" / "config.json").exists()
     assert checkpoint_problem(run / f"checkpoint-{max_steps}") is None
+
+
+# -- a resume under a changed run file (the checkpoint was trained with the saved configuration)
+
+
+def saved_run(full_run: Path, target: Path) -> Path:
+    """An interrupted copy of the full run: checkpoint-2 and the configuration it was trained with."""
+    run = copy_checkpoints(full_run, target, 2)
+    shutil.copy(full_run / "run_config.json", run / "run_config.json")
+    return run
+
+
+def test_a_resume_that_changes_the_run_is_refused(full_run, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """Group size and batch changed: refused before any model loads, every field named with its
+    old and new value; a different model too (it used to fail on a raw `size mismatch`)."""
+    run = saved_run(full_run, tmp_path / "run")
+    before = snapshot(run)
+    stop_before_training(monkeypatch)
+    config = tiny_run_file(tmp_path, tiny_model_dir, max_steps=4, num_generations=4, per_device_train_batch_size=8)
+    assert train.main(["--config", str(config), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "training.num_generations: 2 -> 4" in err and "training.per_device_train_batch_size: 4 -> 8" in err, err
+    assert "training.max_steps" not in err and "Traceback" not in err
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")
+    config = tiny_run_file(tmp_path, str(other), max_steps=4, max_turns=4)
+    assert train.main(["--config", str(config), "--resume", str(run / "checkpoint-2")]) == 2
+    err = capsys.readouterr().err
+    assert f"model: {Path(tiny_model_dir).resolve()} -> {other.resolve()}" in err, err
+    assert "training.max_turns: 3 -> 4" in err
+    assert snapshot(run) == before  # nothing set aside, nothing written
+
+
+def test_a_resume_with_more_steps_goes_ahead(full_run, tiny_model_dir, tmp_path, monkeypatch, capsys, caplog):
+    """max_steps, saving and logging may change; a run saved before configurations were recorded
+    resumes with a warning."""
+    run = saved_run(full_run, tmp_path / "run")
+    stop_before_training(monkeypatch)
+    config = tiny_run_file(tmp_path, tiny_model_dir, max_steps=8, save_steps=4, logging_steps=2, eval_steps=4,
+                           max_rows_per_forward=2)
+    with pytest.raises(ReachedTraining):
+        train.main(["--config", str(config), "--resume"])
+    (run / "run_config.json").unlink()
+    with pytest.raises(ReachedTraining):
+        train.main(["--config", str(config), "--resume"])
+    assert "no saved run configuration" in capsys.readouterr().err
+    assert json.loads((run / "run_config.json").read_text())["resolved"]["training"]["max_steps"] == 8
+
+
+# -- `OPIDTrainer.train(resume_from_checkpoint=...)` from Python
+
+
+def python_trainer(config: Path):
+    """The trainer `train.py` builds for ``config``, built the way a Python user would."""
+    from opid_trl import OPIDTrainer
+    from opid_trl.run_config import build_skill_extractor, build_tasks, build_training_args, load_run_config
+
+    run = load_run_config(config)
+    return OPIDTrainer(model=run.model, args=build_training_args(run), train_dataset=build_tasks(run, "train"),
+                       eval_dataset=build_tasks(run, "eval"), environment=run.environment.name,
+                       environment_kwargs=run.environment.kwargs, skill_extractor=build_skill_extractor(run))
+
+
+def test_trainer_resume_true_skips_a_torn_checkpoint(full_run, tiny_model_dir, tmp_path):
+    run = copy_checkpoints(full_run, tmp_path / "run", 2, 4)
+    tear(run / "checkpoint-4", [COMPLETE_MARKER, "trainer_state.json"], "optimizer.pt")
+    trainer = python_trainer(tiny_run_file(tmp_path, tiny_model_dir, max_steps=4))
+    trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 4
+    assert (run / INCOMPLETE_DIR / "checkpoint-4").is_dir()
+    assert checkpoint_problem(run / "checkpoint-4") is None  # written again, complete
+    from safetensors.torch import load_file
+
+    expected = load_file(full_run / "final" / "model.safetensors")
+    trained = trainer.model.state_dict()
+    assert all(torch.allclose(expected[k], trained[k], atol=1e-6) for k in expected)
+
+
+def test_trainer_refuses_an_explicit_torn_checkpoint(full_run, tiny_model_dir, tmp_path):
+    run = copy_checkpoints(full_run, tmp_path / "run", 2)
+    tear(run / "checkpoint-2", [COMPLETE_MARKER, "trainer_state.json"], "optimizer.pt")
+    trainer = python_trainer(tiny_run_file(tmp_path, tiny_model_dir, max_steps=4))
+    with pytest.raises(ValueError, match=rf"{run / 'checkpoint-2'} is not a complete checkpoint: no trainer_state"):
+        trainer.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    with pytest.raises(ValueError, match=r"no complete checkpoint in .*checkpoint-2"):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 0
