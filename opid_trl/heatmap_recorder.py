@@ -6,7 +6,8 @@ with the skill injected, the response tokens, and per token ``l_old`` and ``l_sk
 is known after the skill pass; ``l_old`` either then (an explicit old-policy pass, or the engine)
 or in the loss step, whose forward gives it (see :mod:`opid_trl.skill_scoring`), so a row is kept
 pending until its ``l_old`` arrives. Records go to
-``<output_dir>/heatmaps/step-<global_step>-rank<r>.jsonl``, with an HTML report beside each file.
+``<output_dir>/heatmaps/step-<global_step>-rank<r>.jsonl``, with an HTML report beside each file
+(rendered once per optimizer step by `HeatmapRecorder.render`, outside the loss step).
 With `heatmap_rows=0` (the default) nothing is recorded and nothing is computed.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class HeatmapRecorder:
         self.on_report = on_report
         #: generation-batch row -> the records waiting for that row's l_old (one per kind of skill)
         self.pending: dict[int, list[dict[str, Any]]] = {}
+        #: step files written since the last `render`, with their step
+        self._unrendered: dict[Path, int] = {}
 
     def choose(self, scored_rows: Sequence[int]) -> list[int]:
         """The rows to record: the first `rows_per_step` re-scored ones (a stable, cheap sample)."""
@@ -73,18 +77,42 @@ class HeatmapRecorder:
             self._write(finished)
 
     def _write(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records`` to their step's JSONL file; its report is rendered by `render`, once per
+        optimizer step, not here (this runs in the loss step, once per micro-step)."""
         step = records[0]["global_step"]
         path = self.directory / f"step-{step}-rank{self.rank}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             for record in records:
                 f.write(json.dumps(record, ensure_ascii=True) + "\n")
-        try:
-            from .heatmap import load_records, write_report
+        self._unrendered[path] = step
 
-            report = write_report(load_records(path), path.with_suffix(".html"))
-        except Exception as exc:  # noqa: BLE001 - a report that fails to render never stops training
-            logger.warning("skill heatmap report for step %s not written: %s", step, exc)
-            return
-        if self.on_report is not None and not self.pending:
-            self.on_report(step, report)
+    def render(self) -> None:
+        """Render the HTML report of every step file written since the last call and hand it to
+        `on_report`; the trainer calls it at the end of each optimizer step and of training."""
+        from .heatmap import load_records, write_report
+
+        unrendered, self._unrendered = self._unrendered, {}
+        for path, step in unrendered.items():
+            try:
+                report = write_report(load_records(path), path.with_suffix(".html"))
+            except Exception as exc:  # noqa: BLE001 - a report that fails to render never stops training
+                logger.warning("skill heatmap report for step %s not written: %s", step, exc)
+                continue
+            if self.on_report is not None:
+                self.on_report(step, report)
+
+
+class HeatmapRenderCallback(TrainerCallback):
+    """Renders the heatmap reports of the rows recorded during an optimizer step once it ends (and
+    what is left at the end of training)."""
+
+    def __init__(self, recorder: HeatmapRecorder) -> None:
+        self.recorder = recorder
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.recorder.render()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.recorder.render()
+

@@ -48,7 +48,7 @@ from .batch_metrics import BatchMetrics
 from .checkpoints import CheckpointCompletionCallback
 from .config import POLICY_EXTRACTOR_SHARDED, OPIDConfig, sharded_parameters
 from .episode_settings import resolve_episode_settings
-from .heatmap_recorder import HeatmapRecorder
+from .heatmap_recorder import HeatmapRecorder, HeatmapRenderCallback
 from .generation import GenerationBackend, ScoringBackend, TransformersGenerationBackend
 from .importance_sampling import vllm_importance_ratio
 from .rollout import Episode, EpisodeRunner
@@ -197,6 +197,8 @@ class OPIDTrainer(GRPOTrainer):
         self.skill_coverage = CoverageWatch()
         self.heatmaps = HeatmapRecorder(args.output_dir, self.accelerator.process_index, args.heatmap_rows,
                                         on_report=self._log_heatmap_report) if args.heatmap_rows > 0 else None
+        if self.heatmaps is not None:
+            self.add_callback(HeatmapRenderCallback(self.heatmaps))
         self.skill_signal = SkillSignalRecorder(
             args.output_dir, self.accelerator.process_index,
             lambda ids: self._tokenizer.batch_decode([[token] for token in ids]), self.batch_metrics,

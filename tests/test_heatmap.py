@@ -307,6 +307,9 @@ def test_the_recorder_writes_what_the_heatmap_reads(tmp_path):
     mask = torch.tensor([[1, 1, 0]])
     recorder.stash([0], lambda row: dict(described), {"episode": torch.tensor([[-0.5, -2.0, 0.0]])}, mask)
     recorder.complete([0], torch.tensor([[-1.0, -1.0, 0.0]]))
+    # the loss step only appends the record: the report is rendered once per optimizer step
+    assert not (tmp_path / "heatmaps" / "step-3-rank0.html").exists()
+    recorder.render()
     (record,) = heatmap.load_records(tmp_path / "heatmaps")
     assert record["kind"] == "episode" and record["tokens"] == ["go", " east"]
     assert heatmap.token_advantages(record) == pytest.approx([0.5, -1.0])
