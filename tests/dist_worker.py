@@ -38,6 +38,12 @@ def fixed_skills(trajectories):
             for _ in trajectories]
 
 
+def policy_extractor():
+    from opid_trl.skill_extractors import PolicySkillExtractor
+
+    return PolicySkillExtractor(max_new_tokens=4, max_record_chars=400)
+
+
 def deepspeed_config(stage: int) -> dict:
     zero = {"stage": stage}
     if stage == 3:
@@ -58,6 +64,10 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--backend", choices=["ddp", "zero2", "zero3"], required=True)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--variant", choices=["default", "steps_per_generation", "policy_extractor"],
+                        default="default", help="steps_per_generation: two micro-steps per generation (rows padded "
+                        "to a multiple of them on every rank); policy_extractor: the policy as its own skill "
+                        "extractor (ranks ask it different numbers of analyses)")
     args = parser.parse_args()
 
     tasks = []
@@ -82,6 +92,7 @@ def main() -> None:
         bf16=False,
         seed=0,
         deepspeed=deepspeed_config(2 if args.backend == "zero2" else 3) if args.backend != "ddp" else None,
+        **({"steps_per_generation": 2} if args.variant == "steps_per_generation" else {}),
     )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     trainer = OPIDTrainer(
@@ -90,7 +101,7 @@ def main() -> None:
         train_dataset=Dataset.from_list(tasks),
         processing_class=tokenizer,
         environment=ShapedFetch,
-        skill_extractor=fixed_skills,
+        skill_extractor=policy_extractor() if args.variant == "policy_extractor" else fixed_skills,
     )
     trainer.train()
     if trainer.accelerator.is_main_process:
@@ -98,9 +109,9 @@ def main() -> None:
         result = {
             "losses": [h["loss"] for h in history],
             "grad_norms": [h["grad_norm"] for h in history],
-            "rows": [h["env/rows"] for h in history],
-            "episode_length": [h["env/episode_length"] for h in history],
-            "skill_abs_max": [h["skill/adv_abs_max"] for h in history],
+            "rows": [h.get("env/rows") for h in history],
+            "episode_length": [h.get("env/episode_length") for h in history],
+            "skill_abs_max": [h.get("skill/adv_abs_max") for h in history],
             "finite": all(math.isfinite(h["loss"]) for h in history),
             "world_size": trainer.accelerator.num_processes,
         }

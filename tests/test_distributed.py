@@ -15,11 +15,11 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 TIMEOUT_S = 600
 
 
-def run_worker(backend: str, model_dir: str, tmp_path: Path) -> dict:
-    output = tmp_path / f"{backend}.json"
+def run_worker(backend: str, model_dir: str, tmp_path: Path, variant: str = "default") -> dict:
+    output = tmp_path / f"{backend}-{variant}.json"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                "127.0.0.1", "--master_port", str(free_port()), str(WORKER), "--model", model_dir,
-               "--backend", backend, "--output", str(output)]
+               "--backend", backend, "--output", str(output), "--variant", variant]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -54,3 +54,16 @@ def test_backends_agree(results):
         # the gradient is not zero (outcomes differ) and is the same under every backend
         assert results[backend]["grad_norms"] == pytest.approx(results["ddp"]["grad_norms"], rel=1e-3)
     assert all(g > 0 for g in results["ddp"]["grad_norms"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["steps_per_generation", "policy_extractor"])
+def test_two_processes_unaligned_and_with_the_policy_as_extractor(tiny_model_dir, tmp_path, variant):
+    """DDP, uneven episodes: two micro-steps per generation (each rank's rows padded to the same
+    multiple of them); and the policy as its own skill extractor, whose analyses differ per rank."""
+    result = run_worker("ddp", tiny_model_dir, tmp_path, variant)
+    assert result["world_size"] == 2 and result["finite"]
+    assert len(result["losses"]) == 2
+    if variant == "steps_per_generation":  # one generation (twice the episodes) for both steps
+        assert result["rows"] == [16.0, None]
+
