@@ -166,3 +166,19 @@ def test_every_rank_of_a_refused_run_exits(tiny_model_dir, tmp_path):
     assert codes == [2, 2], logs
     assert f"training.output_dir: {run} holds an earlier run" in logs[0]
     assert "holds an earlier run" not in logs[1] and "Traceback" not in logs[0] + logs[1]  # said once
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused_before_any_model_loads(tiny_model_dir, tmp_path,
+                                                                              monkeypatch, capsys):
+    """A full disk or a read-only mount: the lock file cannot be created (simulated by an OS error
+    from the lock, which also holds for root, who writes into read-only folders)."""
+    from opid_trl import run_dir
+
+    def full_disk(path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(run_dir, "lock_output_dir", full_disk)
+    stop_before_training(monkeypatch)
+    assert train.main(["--config", str(tiny_run_file(tmp_path, tiny_model_dir))]) == 2
+    err = capsys.readouterr().err
+    assert "training.output_dir: [Errno 28] No space left on device" in err and "Traceback" not in err
