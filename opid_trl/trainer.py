@@ -109,6 +109,23 @@ def _vllm_engine_setup(args: OPIDConfig) -> Iterator[None]:
     yield
 
 
+def _has_chat_template(model: Any, processing_class: Any) -> bool:
+    """Whether the tokenizer the trainer will use has a chat template, found before any model loads:
+    the given processing class, else the tokenizer files of a model given by name or path (True when
+    they cannot be read here: TRL then loads, and reports, them itself)."""
+    if processing_class is None:
+        if not isinstance(model, str):
+            return True
+        try:
+            from transformers import AutoTokenizer
+
+            processing_class = AutoTokenizer.from_pretrained(model)
+        except Exception:  # noqa: BLE001 - not for this check to report
+            return True
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    return bool(getattr(processing_class, "chat_template", None) or getattr(tokenizer, "chat_template", None))
+
+
 def _prompt_text(prompt: Any) -> str:
     """A rendered prompt as text: the last message's content for a chat prompt."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
@@ -166,6 +183,10 @@ class OPIDTrainer(GRPOTrainer):
         self.environment_factory = resolve_environment(environment, environment_kwargs)
         reward_funcs = self._environment_reward_funcs(reward_funcs, args, kwargs)
         extractor = as_skill_extractor(skill_extractor)
+        if self.environment_factory is not None and not _has_chat_template(model, processing_class):
+            raise ValueError("processing_class: the tokenizer has no chat template, and every step of an episode is "
+                             "rendered as a chat (a user message, then the model's turn); use a chat/instruct model "
+                             "or set tokenizer.chat_template before building the trainer")
         sharding = sharded_parameters(args.deepspeed, args.fsdp)
         if isinstance(extractor, PolicySkillExtractor) and sharding:  # before any model loads
             raise ValueError("skill_extractor: " + POLICY_EXTRACTOR_SHARDED.format(sharding=sharding))
@@ -207,10 +228,6 @@ class OPIDTrainer(GRPOTrainer):
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._loss_batch: OPIDBatch | None = None
         self._rollout_count = 0
-        if self.environment_factory is not None and not getattr(self._tokenizer, "chat_template", None):
-            raise ValueError("processing_class: the tokenizer has no chat template, and every step of an episode is "
-                             "rendered as a chat (a user message, then the model's turn); use a chat/instruct model "
-                             "or set tokenizer.chat_template before building the trainer")
         self._runner = self._episode_runner() if self.environment_factory is not None else None
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
