@@ -44,6 +44,7 @@ MECHANISM = {
 SKILL_SIGNAL = {
     "auc_skill": "skill_signal/auc_skill",
     "auc_skill_action": "skill_signal/auc_skill_action",
+    "auc_skill_decision": "skill_signal/auc_skill_decision",
     "auc_outcome": "skill_signal/auc_outcome",
     "auc_opid": "skill_signal/auc_opid",
     "share": "skill_signal/share",
@@ -230,10 +231,11 @@ def markdown(summary: dict[str, Any]) -> str:
               if any(not math.isnan(v) for v in e.get("skill_signal", {}).values())}
     if signal:
         lines += ["", "Skill signal against the expert (mean over training batches; AUC of good above bad steps):", "",
-                  "| method | A_skill | A_skill (action tokens) | A_ep | A_OPID | abs(lambda A_skill) / abs(A_ep) used |",
-                  "|---|---|---|---|---|---|"]
+                  "| method | A_skill | A_skill (action tokens) | A_skill (decision tokens) | A_ep | A_OPID "
+                  "| abs(lambda A_skill) / abs(A_ep) used |", "|---|---|---|---|---|---|---|"]
         for method, v in signal.items():
             lines.append(f"| {method} | {_fmt(v['auc_skill'], 2)} | {_fmt(v['auc_skill_action'], 2)} | "
+                         f"{_fmt(v['auc_skill_decision'], 2)} | "
                          f"{_fmt(v['auc_outcome'], 2)} | {_fmt(v['auc_opid'], 2)} | {_sci(v['share'])} |")
     return "\n".join(lines) + "\n"
 

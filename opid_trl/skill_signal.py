@@ -8,8 +8,10 @@ WebShop and search-QA oracles) labels every played step good or bad by its own d
 - **AUC** of a per-step score for good above bad steps: the probability that a random good step
   scores higher than a random bad one (ties count one half). 0.5 is no information, 1.0 a perfect
   ranking, below 0.5 the signal points the wrong way. Scores: A_skill (the raw log-prob shift
-  l_skill - l_old, the mean over the response tokens, and over the action tokens alone), A_ep (the
-  outcome advantage) and A_OPID (A_ep + the skill part the run actually adds).
+  l_skill - l_old: the mean over the response tokens; over the action's tokens, its last
+  occurrence, the ``<action>`` block; and over its *decision* tokens, its first occurrence, where a
+  think-then-act answer names the action in its reasoning and the action block then copies it),
+  A_ep (the outcome advantage) and A_OPID (A_ep + the skill part the run actually adds).
 - **Intervals** that resample whole episodes (steps of one episode are not independent).
 - **The skill share of the update**: sum |lambda A_skill| / sum |A_ep| over the response tokens,
   before (``raw``) and after (``used``) the clip and normalization the run applies.
@@ -60,6 +62,10 @@ class StepSignal:
     abs_weighted_raw: float
     abs_used: float
     abs_outcome: float
+    #: tokens of the action's first occurrence in the response (the decision), and A_skill's mean
+    #: over them (None when the action could not be located)
+    decision_tokens: int = 0
+    skill_decision: float | None = None
 
     @property
     def opid(self) -> float:
@@ -74,6 +80,7 @@ class StepSignal:
 SCORES: dict[str, Callable[[StepSignal], float | None]] = {
     "skill": lambda s: s.skill,
     "skill_action": lambda s: s.skill_action,
+    "skill_decision": lambda s: s.skill_decision,
     "outcome": lambda s: s.outcome,
     "opid": lambda s: s.opid,
 }
@@ -217,25 +224,27 @@ def markdown_table(report: Mapping[str, Any]) -> str:
         interval = "" if math.isnan(entry["low"]) else f" [{entry['low']:.2f}, {entry['high']:.2f}]"
         return f"{entry['auc']:.2f}{interval}"
 
-    lines = ["| slice | steps (good/bad) | episodes | AUC A_skill | AUC A_skill (action) | AUC A_ep | AUC A_OPID "
-             "| share raw | share used |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| slice | steps (good/bad) | episodes | AUC A_skill | AUC A_skill (action) | AUC A_skill (decision) "
+             "| AUC A_ep | AUC A_OPID | share raw | share used |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, entry in report["slices"].items():
         skill = entry["skill"]
         lines.append(f"| {name} | {entry['steps']} ({skill['good']}/{skill['bad']}) | {entry['episodes']} "
-                     f"| {cell(skill)} | {cell(entry['skill_action'])} | {cell(entry['outcome'])} "
+                     f"| {cell(skill)} | {cell(entry['skill_action'])} | {cell(entry['skill_decision'])} "
+                     f"| {cell(entry['outcome'])} "
                      f"| {cell(entry['opid'])} | {entry['share']['raw']:.2g} | {entry['share']['used']:.2g} |")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------- from a batch
-def action_token_mask(token_texts: Sequence[str], action: str | None) -> list[bool]:
+def action_token_mask(token_texts: Sequence[str], action: str | None, first: bool = False) -> list[bool]:
     """Which response tokens spell the action: those overlapping the last occurrence of ``action``
-    in the concatenated token texts (case-insensitive). All False when the action is absent (an
-    ill-formed answer, or a parser that rewrote it)."""
+    in the concatenated token texts (case-insensitive), or with ``first`` its first occurrence (the
+    decision, in an answer that reasons about the action before its action block). All False when
+    the action is absent (an ill-formed answer, or a parser that rewrote it)."""
     if not action:
         return [False] * len(token_texts)
     text = "".join(token_texts).lower()
-    start = text.rfind(action.lower())
+    start = text.find(action.lower()) if first else text.rfind(action.lower())
     if start < 0:
         return [False] * len(token_texts)
     end, mask, position = start + len(action), [], 0
@@ -247,14 +256,16 @@ def action_token_mask(token_texts: Sequence[str], action: str | None) -> list[bo
 
 def step_signals(rows: Sequence[Mapping[str, Any]], skill_logps: Mapping[str, torch.Tensor], old_logps: torch.Tensor,
                  completion_mask: torch.Tensor, action_mask: torch.Tensor, outcome: torch.Tensor,
-                 skill_part: torch.Tensor, coefs: Mapping[str, float]) -> list[StepSignal]:
+                 skill_part: torch.Tensor, coefs: Mapping[str, float],
+                 decision_mask: torch.Tensor | None = None) -> list[StepSignal]:
     """One :class:`StepSignal` per described row of a batch.
 
     ``rows[i]`` describes batch row i (trajectory_id, step_index, label, routing, success, rule,
     task_type); rows past ``len(rows)`` (padding) are ignored. Tensors are (B, T): ``skill_logps[k]``
     is l_skill under kind k (NaN on rows not routed to k), ``old_logps`` l_old, ``completion_mask``
-    the response tokens, ``action_mask`` the action tokens, ``outcome`` A_ep, ``skill_part`` the
-    weighted skill advantage the run adds. ``coefs[k]`` is lambda_k.
+    the response tokens, ``action_mask`` the action tokens, ``decision_mask`` (optional) the
+    decision tokens, ``outcome`` A_ep, ``skill_part`` the weighted skill advantage the run adds.
+    ``coefs[k]`` is lambda_k.
     """
     mask = completion_mask.double()
     raw = torch.zeros_like(mask)
@@ -264,6 +275,9 @@ def step_signals(rows: Sequence[Mapping[str, Any]], skill_logps: Mapping[str, to
         raw += delta
         weighted_raw += coefs[kind] * delta
     actions = action_mask.double() * mask
+    decisions = (decision_mask.double() if decision_mask is not None else torch.zeros_like(mask)) * mask
+    decision_tokens = decisions.sum(1)
+    decision_means = ((raw * decisions).sum(1) / decision_tokens.clamp(min=1)).tolist()
     outcome = outcome.double().expand_as(mask) * mask
     used = skill_part.double() * mask
     tokens, action_tokens = mask.sum(1), actions.sum(1)
@@ -285,7 +299,9 @@ def step_signals(rows: Sequence[Mapping[str, Any]], skill_logps: Mapping[str, to
             outcome=per_row["outcome"][i], skill=per_row["skill"][i],
             skill_action=per_row["skill_action"][i] if action_tokens[i] > 0 else None,
             weighted=per_row["weighted"][i], abs_weighted_raw=per_row["abs_weighted_raw"][i],
-            abs_used=per_row["abs_used"][i], abs_outcome=per_row["abs_outcome"][i]))
+            abs_used=per_row["abs_used"][i], abs_outcome=per_row["abs_outcome"][i],
+            decision_tokens=int(decision_tokens[i]),
+            skill_decision=decision_means[i] if decision_tokens[i] > 0 else None))
     return signals
 
 

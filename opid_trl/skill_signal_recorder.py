@@ -61,18 +61,20 @@ class SkillSignalRecorder:
                skill_part: torch.Tensor, coefs: Mapping[str, float]) -> None:
         """Log ``skill_signal/*`` for this batch (a collective: every process calls it) and write its
         records. Tensors are (B, T) as in :func:`opid_trl.skill_signal.step_signals`."""
-        rows, actions = [], []
+        rows, actions, decisions = [], [], []
         for i in range(completion_ids.size(0)):
             info = signal_info(i)
             if info is None:  # padding rows come last
                 break
             length = int(completion_mask[i].sum())
-            actions.append([float(a) for a in action_token_mask(self.decode_tokens(completion_ids[i, :length].tolist()),
-                                                                info.get("action"))])
+            pieces = self.decode_tokens(completion_ids[i, :length].tolist())
+            actions.append([float(a) for a in action_token_mask(pieces, info.get("action"))])
+            decisions.append([float(a) for a in action_token_mask(pieces, info.get("action"), first=True)])
             rows.append({**info, "routing": routed[i].kind,
                          "rule": routed_rule(skills[info["episode"]], routed[i], info["step_index"])})
-        action_mask = ragged_rows(actions, completion_ids.size(0), completion_ids.size(1), 0.0, completion_mask.device)
-        signals = step_signals(rows, skill_logps, old_logps, completion_mask, action_mask, outcome, skill_part, coefs)
+        shape = (completion_ids.size(0), completion_ids.size(1), 0.0, completion_mask.device)
+        signals = step_signals(rows, skill_logps, old_logps, completion_mask, ragged_rows(actions, *shape), outcome,
+                               skill_part, coefs, decision_mask=ragged_rows(decisions, *shape))
         records = [s.to_json() for s in signals]
         for name, value in batch_metrics(load_signals(gather_object(records))).items():
             if not math.isnan(value):

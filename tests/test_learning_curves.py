@@ -134,7 +134,7 @@ def test_steps_to_reach_and_summary_by_hand():
     assert opid["start_success"] == pytest.approx(0.2)
     assert opid["skill_signal"]["auc_skill"] == pytest.approx(0.7)
     table = markdown(summary)
-    assert "| opid | 0.70 | - | - | - | - |" in table and "| grpo | " not in table.split("Skill signal")[1]
+    assert "| opid | 0.70 | - | - | - | - | - |" in table and "| grpo | " not in table.split("Skill signal")[1]
 
 
 def test_a_warm_start_of_another_setting_is_refused(tmp_path):

@@ -79,8 +79,11 @@ def test_step_signals_from_a_hand_built_batch():
     part = torch.tensor([[0.05, 0.0, 0.1], [-0.2, -0.1, 0.0], [0.0, 0.0, 0.0]])
     rows = [dict(trajectory_id="t0", step_index=0, label=True, routing="episode", success=True),
             dict(trajectory_id="t1", step_index=3, label=False, routing="step", success=False, rule="detour")]
+    decisions = torch.tensor([[1, 0, 0], [0, 0, 0], [0, 0, 0]])
     s0, s1 = step_signals(rows, {"episode": episode, "step": step}, old, mask, actions, outcome, part,
-                          {"episode": 0.1, "step": 0.2})
+                          {"episode": 0.1, "step": 0.2}, decision_mask=decisions)
+    assert (s0.decision_tokens, s0.skill_decision) == (1, pytest.approx(0.5))  # row 0's first delta
+    assert (s1.decision_tokens, s1.skill_decision) == (0, None)
     # row 0: deltas (0.5, 0, 1) -> mean 0.5; action tokens (0, 1) -> 0.5
     assert (s0.skill, s0.skill_action, s0.tokens, s0.action_tokens) == (pytest.approx(0.5), pytest.approx(0.5), 3, 2)
     assert s0.outcome == 1.0 and s0.weighted == pytest.approx(0.05) and s0.opid == pytest.approx(1.05)
@@ -97,6 +100,8 @@ def test_action_tokens_are_the_last_occurrence_of_the_action():
     assert action_token_mask(pieces, "go east") == [False] * 5 + [True, True, False]
     assert action_token_mask(pieces, "Go East") == [False] * 5 + [True, True, False]
     assert action_token_mask(pieces, "take key") == [False] * 8 and action_token_mask(pieces, None) == [False] * 8
+    # the decision: where the reasoning first names the action
+    assert action_token_mask(pieces, "go east", first=True) == [False, True, True] + [False] * 5
 
 
 def test_summary_slices_weights_and_table():
@@ -251,11 +256,13 @@ def test_trainer_records_match_an_independent_replay(tiny_model_dir, tiny_tokeni
         assert r["skill"] == pytest.approx(sum(deltas) / len(deltas), abs=1e-5)
         assert r["weighted"] == pytest.approx(1e-3 * r["skill"], abs=1e-8)
         assert 0 < r["action_tokens"] < r["tokens"]
+        assert r["decision_tokens"] == r["action_tokens"]  # '<think>x</think>' never names the action
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = {k: v for m in metrics for k, v in m.items() if k.startswith("skill_signal/")}
     assert logged["skill_signal/labelled_steps"] == len(records)
     assert logged["skill_signal/good_frac"] == pytest.approx(sum(r["label"] for r in records) / len(records))
-    for name in ("auc_skill", "auc_skill_action", "auc_outcome", "auc_opid", "share_raw", "share"):
+    for name in ("auc_skill", "auc_skill_action", "auc_skill_decision", "auc_outcome", "auc_opid", "share_raw",
+                 "share"):
         assert 0.0 <= logged[f"skill_signal/{name}"] <= (1.0 if name.startswith("auc") else 1e-2)
 
 
