@@ -256,11 +256,13 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     if run.sft.explore_rate > 0 or run.sft.skill_share > 0:
         examples, stats = skill_conditioned_examples(
             make_env, rows, settings.history_length, max_turns, RuleBasedSkillExtractor(),
-            explore_rate=run.sft.explore_rate, skill_share=run.sft.skill_share, seed=run.sft.seed)
+            explore_rate=run.sft.explore_rate, skill_share=run.sft.skill_share, seed=run.sft.seed,
+            placebo_share=run.sft.placebo_share)
         if state.is_main_process:
             print(f"SFT warm start: {int(stats['examples'])} steps of {int(stats['episodes'])} behaviour episodes "
                   f"({int(stats['won'])} won, {int(stats['explored_steps'])} explored steps), "
-                  f"{int(stats['with_skill'])} shown with their hindsight skill")
+                  f"{int(stats['with_skill'])} shown with their hindsight skill, {int(stats['with_placebo'])} with "
+                  "another task's")
     else:
         examples, stats = expert_examples(make_env, rows, settings.history_length, max_turns)
         if state.is_main_process:

@@ -130,6 +130,10 @@ class SFTSection:
     #: extractor's, routed critical-first) and the expert's answer as target; the other steps show no
     #: skill and the behaviour's own answer. 0 with ``explore_rate`` 0 is the plain expert warm start.
     skill_share: float = 0.0
+    #: Share of the skill-shown steps that show a skill written for another task's episode, with the
+    #: behaviour's own answer as target, so that a skill's presence alone does not predict the
+    #: expert's answer (the policy must read it). 0: every shown skill is the episode's own.
+    placebo_share: float = 0.0
 
 
 @dataclass
@@ -313,7 +317,7 @@ def _check_sft_section(section: SFTSection) -> None:
         value = getattr(section, name)
         if not _is_finite(value) or value <= 0:
             raise ConfigError(f"sft.{name}: must be a finite number > 0 (got {value!r})")
-    for name in ("explore_rate", "skill_share"):
+    for name in ("explore_rate", "skill_share", "placebo_share"):
         value = getattr(section, name)
         if isinstance(value, bool) or not _is_finite(value) or not 0 <= value <= 1:
             raise ConfigError(f"sft.{name}: must be a number in [0, 1] (got {value!r})")

@@ -14,6 +14,12 @@ OPID's re-scoring injects it) with the expert's answer as the target, while the 
 no skill and the behaviour's own answer. Without a skill the policy so stays imperfect (room to
 learn), and with one it learns to act on it. Every method of a study starts from the same warm
 start, so the comparison stays fair.
+
+That alone teaches a shortcut: "a skill block is there, so act as the expert", whatever the block
+says (measured: skills of *other* tasks, the `shuffled` placebo, scored almost as well as the
+right ones). ``placebo_share`` of the skill-shown steps therefore show a skill written for
+another task's episode, with the behaviour's own answer as target: only a skill that is about
+this episode predicts the expert's answer, so the policy must read it.
 """
 
 from __future__ import annotations
@@ -84,17 +90,23 @@ def skill_conditioned_examples(env_factory: Callable[[], AgentEnvironment], task
                                history_length: int, max_turns: int,
                                extractor: Callable[[Sequence[Trajectory]], Sequence[EpisodeSkills | None]],
                                explore_rate: float, skill_share: float, seed: int = 0,
-                               routing: str = "critical_first") -> tuple[list[dict], dict[str, float]]:
+                               routing: str = "critical_first",
+                               placebo_share: float = 0.0) -> tuple[list[dict], dict[str, float]]:
     """Prompt/completion pairs that teach a policy to act on a hindsight skill (see the module docstring).
 
     Each row is played once by the behaviour policy up to ``max_turns`` steps (won or not: a failure's
     avoidance rules are skills too). Per step, with probability ``skill_share``: the prompt with the
     step's routed skill and the expert's answer; otherwise the plain prompt and the behaviour's
     answer. Environments without admissible actions explore nothing (the behaviour is the expert).
+    With probability ``placebo_share`` a skill-shown step shows instead the skill routed to the same
+    step of an earlier episode of another task (its last step when shorter) and keeps the
+    behaviour's answer.
     """
     env, rng = env_factory(), random.Random(seed)
     examples: list[dict] = []
-    stats = {"episodes": 0.0, "won": 0.0, "examples": 0.0, "with_skill": 0.0, "explored_steps": 0.0}
+    stats = {"episodes": 0.0, "won": 0.0, "examples": 0.0, "with_skill": 0.0, "explored_steps": 0.0,
+             "with_placebo": 0.0}
+    earlier: list[tuple[str, list]] = []  # (task, routed skills) of the episodes played so far
     for row in task_rows:
         observation = env.reset(row)
         history: list[HistoryEntry] = []
@@ -123,15 +135,24 @@ def skill_conditioned_examples(env_factory: Callable[[], AgentEnvironment], task
                                 response_format=env.response_format, response_example=env.response_example)
         skills = list(extractor([trajectory]))[0]
         routed = route_skills(None if skills is None or skills.failed else skills, len(steps), routing)
+        others = [r for task, r in earlier if task != env.task_description and any(x.episode_skill or x.step_skill
+                                                                                   for x in r)]
         for t, step in enumerate(steps):
             skill = routed[t]
-            if (skill.episode_skill or skill.step_skill) and rng.random() < skill_share:
-                prompt = inject(prompts[t], skill.episode_skill, skill.step_skill, task=env.task_description,
-                                anchor=env.instruction_anchor)
-                examples.append(_example(prompt, experts[t]))
-                stats["with_skill"] += 1
-            else:
+            if not (skill.episode_skill or skill.step_skill) or rng.random() >= skill_share:
                 examples.append(_example(prompts[t], step.response))
+                continue
+            target = experts[t]
+            if others and rng.random() < placebo_share:
+                donor = rng.choice(others)
+                skill, target = donor[min(t, len(donor) - 1)], step.response
+                stats["with_placebo"] += 1
+            else:
+                stats["with_skill"] += 1
+            prompt = inject(prompts[t], skill.episode_skill, skill.step_skill, task=env.task_description,
+                            anchor=env.instruction_anchor)
+            examples.append(_example(prompt, target))
+        earlier.append((env.task_description, routed))
         stats["episodes"] += 1
         stats["won"] += won
     env.close()

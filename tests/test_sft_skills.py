@@ -41,8 +41,9 @@ def test_skill_steps_target_the_expert_and_plain_steps_the_behaviour():
     plain = [e for e in data if not has_skill(e)]
     assert stats["with_skill"] == len(with_skill) > 0 and stats["explored_steps"] > 0 and len(plain) > 0
     assert stats["won"] < stats["episodes"]  # exploration loses episodes: failures' skills are taught too
-    # the expert never walks west or looks; the exploring behaviour does, and only plain steps imitate it
-    assert not any(action(e) in ("go west", "look") for e in with_skill)
+    # the expert never looks (it walks west only back from an overshoot); the exploring behaviour does,
+    # and only plain steps imitate it
+    assert not any(action(e) == "look" for e in with_skill)
     assert any(action(e) in ("go west", "look") for e in plain)
     # every answer stays well-formed
     assert all(FetchEnvironment().parse_action(e["completion"][0]["content"])[1] for e in data)
@@ -63,3 +64,19 @@ def test_sft_skill_fields_are_checked(tmp_path, field, value):
                                     "sft": {"num_tasks": 4, field: value}}))
     with pytest.raises(ConfigError, match=f"sft.{field}"):
         load_run_config(path)
+
+
+def test_placebo_skills_come_from_another_task_and_keep_the_behaviours_answer():
+    rows = [environments.make_fetch_task(i, 3, 5) for i in range(16)]
+    data, stats = skill_conditioned_examples(lambda: environments.make("fetch"), rows, 1, 6, RuleBasedSkillExtractor(),
+                                             explore_rate=0.5, skill_share=1.0, seed=4, placebo_share=0.5)
+    assert stats["with_placebo"] > 0 and stats["with_skill"] > 0
+    assert stats["with_placebo"] + stats["with_skill"] == len(data)
+    placebo = [e for e in data if "To take the" in e["prompt"][0]["content"].split("## Episode-level skill")[-1]
+               and e["prompt"][0]["content"].split("Your task is to: take the ")[1].split(".")[0]
+               not in e["prompt"][0]["content"].split("## Episode-level skill")[-1].split("\n")[1]]
+    # a workflow of another task's item: the target is whatever the behaviour did, looks and west walks included
+    assert placebo and any(action(e) in ("go west", "look") or action(e).startswith("take ") for e in placebo)
+    none, _ = skill_conditioned_examples(lambda: environments.make("fetch"), rows, 1, 6, RuleBasedSkillExtractor(),
+                                         explore_rate=0.5, skill_share=1.0, seed=4)
+    assert all(action(e) != "look" for e in none)  # without placebo every target is the expert's: it never looks
