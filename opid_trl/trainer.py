@@ -227,6 +227,8 @@ class OPIDTrainer(GRPOTrainer):
         self._last_rewards_per_func: torch.Tensor | None = None
         self._precomputed_loss_inputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._loss_batch: OPIDBatch | None = None
+        #: True inside a loss pass without gradients (evaluation): its forwards run in chunks
+        self._no_grad_loss_pass = False
         self._rollout_count = 0
         self._runner = self._episode_runner() if self.environment_factory is not None else None
 
@@ -352,9 +354,9 @@ class OPIDTrainer(GRPOTrainer):
         if self._precomputed_loss_inputs is not None and torch.is_grad_enabled():
             logps, entropies = self._precomputed_loss_inputs
             return logps, entropies, None
-        if batch_size is None and not torch.is_grad_enabled():
-            # Evaluation's loss pass (prediction_step) builds no graph, so chunking it is free and
-            # exact; unchunked, every eval row of a rank would go through one forward.
+        if batch_size is None and self._no_grad_loss_pass:
+            # Evaluation's loss pass (prediction_step) builds no graph, so chunking it is free;
+            # unchunked, every eval row of a rank would go through one forward.
             batch_size = self.args.max_rows_per_forward
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
@@ -383,10 +385,12 @@ class OPIDTrainer(GRPOTrainer):
         if return_outputs or rows <= chunk or not torch.is_grad_enabled() or set(inputs) - _LOSS_KEYS \
                 or self.aux_loss_enabled:
             self._loss_batch = inputs if pending_skills else None
+            self._no_grad_loss_pass = not torch.is_grad_enabled()
             try:
                 return self._check_finite(super().compute_loss(model, inputs, return_outputs, num_items_in_batch))
             finally:
                 self._loss_batch = None
+                self._no_grad_loss_pass = False
 
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)

@@ -222,16 +222,19 @@ def test_a_tokenizer_without_a_chat_template_is_named_before_training(tiny_model
 
     from .conftest import tiny_config
 
-    tiny_tokenizer.chat_template = None
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)  # the fixture is shared by the whole session
+    tokenizer.chat_template = None
     with pytest.raises(ValueError, match="processing_class: the tokenizer has no chat template"):
-        OPIDTrainer(model=tiny_model_dir, processing_class=tiny_tokenizer, environment="fetch",
+        OPIDTrainer(model=tiny_model_dir, processing_class=tokenizer, environment="fetch",
                     args=tiny_config(tmp_path), train_dataset=Dataset.from_list([{"seed": 0}]))
     # a model folder whose tokenizer has none: found from its tokenizer files, before the weights load
     import shutil
 
     folder = tmp_path / "no-template"
     shutil.copytree(tiny_model_dir, folder)
-    tiny_tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     for leftover in folder.glob("chat_template.*"):
         leftover.unlink()
     (folder / "model.safetensors").write_bytes(b"not weights")  # loading them would fail differently

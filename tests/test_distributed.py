@@ -50,7 +50,9 @@ def test_two_processes_with_uneven_episodes(results, backend):
 def test_backends_agree(results):
     reference = results["ddp"]["losses"]
     for backend in ("zero2", "zero3"):
-        assert results[backend]["losses"] == pytest.approx(reference, rel=1e-3, abs=1e-9)
+        # the losses are near-cancelling float32 sums (~1e-6 from terms of order 1e-2): the backends'
+        # reduction orders move them by ~2e-9, hence the absolute tolerance; the gradients agree to 1e-3
+        assert results[backend]["losses"] == pytest.approx(reference, rel=1e-3, abs=1e-8)
         # the gradient is not zero (outcomes differ) and is the same under every backend
         assert results[backend]["grad_norms"] == pytest.approx(results["ddp"]["grad_norms"], rel=1e-3)
     assert all(g > 0 for g in results["ddp"]["grad_norms"])

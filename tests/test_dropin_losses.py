@@ -62,14 +62,15 @@ def test_loss_type_chunked(tiny_model_dir, tmp_path, loss_type):
 
     Compared as a gradient: plain SGD makes each update proportional to it (Adam divides by the gradient's
     scale, so float rounding in near-zero entries would move whole updates), and float64 weights leave only
-    the rounding of TRL's fused LM head, which runs in float32 tiles; measured ~1e-7, asserted 1e-6."""
+    the rounding of TRL's fused LM head, which runs in float32 tiles: measured ~1e-7 on the update, asserted 1e-6;
+    the logged loss, a float32 sum, differed by 1.0e-6 relative on one machine, so logged values get 5e-6."""
     grpo, opid = train_pair(text_pipeline(tiny_model_dir, tmp_path, per_device_train_batch_size=12, num_generations=4,
                                           optim="sgd", model_init_kwargs={"dtype": torch.float64},
                                           **loss_options(loss_type)))
     assert opid.trainer.args.max_rows_per_forward == 8
     assert next(opid.trainer.model.parameters()).dtype == torch.float64
     assert_chunked(grpo, opid)
-    assert_same_training(grpo, opid, rel=1e-6, abs_=1e-9, update_rtol=1e-6)
+    assert_same_training(grpo, opid, rel=5e-6, abs_=1e-9, update_rtol=1e-6)
 
 
 #: Importance-sampling, masking and advantage options that need no vLLM engine, grouped into few runs.
