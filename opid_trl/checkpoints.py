@@ -37,6 +37,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
+from .reporting import write_text_atomic
+
 COMPLETE_MARKER = "checkpoint_complete.json"
 #: Written by `Trainer._save_checkpoint` after the weights, optimizer, scheduler and RNG states.
 TRAINER_STATE = "trainer_state.json"
@@ -61,9 +63,7 @@ def write_complete_marker(folder: str | Path, global_step: int) -> Path:
     name and renamed, so a marker is either whole or absent."""
     folder = Path(folder)
     marker = folder / COMPLETE_MARKER
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({"global_step": global_step, "files": _files(folder)}, indent=1))
-    os.replace(tmp, marker)
+    write_text_atomic(marker, json.dumps({"global_step": global_step, "files": _files(folder)}, indent=1))
     return marker
 
 

@@ -13,7 +13,6 @@ With `heatmap_rows=0` (the default) nothing is recorded and nothing is computed.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
+
+from .reporting import append_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,7 @@ class HeatmapRecorder:
         optimizer step, not here (this runs in the loss step, once per micro-step)."""
         step = records[0]["global_step"]
         path = self.directory / f"step-{step}-rank{self.rank}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=True) + "\n")
+        append_jsonl(path, records)
         self._unrendered[path] = step
 
     def render(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +50,26 @@ def ends_with_newline(path: Path) -> bool:
         return f.read(1) == b"\n"
 
 
-def rewrite_jsonl(path: Path, lines: list[str]) -> None:
-    """Replace ``path`` by ``lines`` through a temporary file and a rename, so that a crash during
-    the rewrite leaves the old file, not half of the new one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` through a temporary file and a rename, so that a crash during
+    the write leaves the old file (or none), never half of the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def rewrite_jsonl(path: Path, lines: list[str]) -> None:
+    """Replace ``path`` by ``lines`` atomically (`write_text_atomic`)."""
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
+
+
+def append_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Append one JSON line per record, ASCII-escaped (any string, lone surrogates included,
+    round-trips), creating the folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=True) + "\n")
 
 
 class MetricsJSONLCallback(TrainerCallback):

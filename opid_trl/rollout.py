@@ -63,11 +63,10 @@ class Episode:
     task_type: str | None = None
     #: The task statement, recorded at reset.
     task: str = ""
-    #: Per step, with `EpisodeRunner.record_expert`: the expert's action at the state the step was
-    #: played in (``None`` where the expert had none), and the environment's verdict on the played
-    #: step against it (`AgentEnvironment.step_label`: good, bad or ``None``). Never shown to a
-    #: skill extractor: it is the oracle the skill-signal diagnostic measures skills against.
-    expert_actions: list[str | None] = field(default_factory=list)
+    #: Per step, with `EpisodeRunner.record_expert`: the environment's verdict on the played step
+    #: against its expert's action at that state (`AgentEnvironment.step_label`: good, bad, or
+    #: ``None`` where the expert had none). Never shown to a skill extractor: it is the oracle the
+    #: skill-signal diagnostic measures skills against.
     step_labels: list[bool | None] = field(default_factory=list)
 
     @property
@@ -278,7 +277,6 @@ class EpisodeRunner:
                 result: StepResult | Exception, expert: str | None = None) -> None:
         """Append one step (row ``i`` of ``fitted`` and its environment outcome) to ``ep``."""
         turn = len(ep.steps)
-        ep.expert_actions.append(expert)
         ep.views.append(fitted.views[i])
         ep.history_windows.append(fitted.windows[i])
         ep.prompt_cuts.append(fitted.cuts[i])

@@ -30,6 +30,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from .reporting import write_text_atomic
+
 LOCK_FILE = ".opid-run.lock"
 #: Who holds the lock (pid, host, start time, command), written once it is held: the lock file
 #: itself is filelock's (opened, truncated or removed by whoever tries to take it), so it cannot.
@@ -215,6 +217,4 @@ def _model_identity(model: str) -> str:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, default=str) + "\n")

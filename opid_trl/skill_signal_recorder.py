@@ -10,7 +10,6 @@ batch's ``skill_signal/*`` metrics over every process, and appends the records t
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from accelerate.utils import gather_object
 
 from .routing import RoutedSkill
+from .reporting import append_jsonl
 from .skill_signal import action_token_mask, batch_metrics, load_signals, step_signals
 from .step_batch import ragged_rows
 from .trajectory import EpisodeSkills
@@ -80,8 +80,5 @@ class SkillSignalRecorder:
             if not math.isnan(value):
                 self.metrics.log("train", f"skill_signal/{name}", value)
         if records:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self.directory / f"step-{global_step}-rank{self.rank}.jsonl"
-            with path.open("a") as f:
-                for record in records:
-                    f.write(json.dumps({"global_step": global_step, **record}, ensure_ascii=True) + "\n")
+            append_jsonl(self.directory / f"step-{global_step}-rank{self.rank}.jsonl",
+                         ({"global_step": global_step, **record} for record in records))
