@@ -48,10 +48,10 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     import environments
-    from opid_trl.embedded import resolve_model
-    from opid_trl.episode_settings import resolve_episode_settings
-    from opid_trl.evaluation import markdown_table, play, summarize
-    from opid_trl.generation import ModelGenerationBackend
+    from opid_trl.generation.base import ModelGenerationBackend
+    from opid_trl.rollout.settings import resolve_episode_settings
+    from opid_trl.runs.embedded import resolve_model
+    from opid_trl.runs.evaluation import markdown_table, play, summarize
 
     try:
         env_name, env_kwargs = args.environment, json.loads(args.env_kwargs)
@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     max_turns, history_length = args.max_turns, args.history_length
     task_kwargs: dict = {}
     if args.config:
-        from opid_trl.run_config import load_run_config
+        from opid_trl.runs.run_config import load_run_config
 
         run = load_run_config(args.config)
         if env_name in (None, run.environment.name):  # another environment: the run file's kwargs do not apply

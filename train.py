@@ -58,8 +58,15 @@ def vllm_import_failure(exc: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from opid_trl.run_config import (ConfigError, build_skill_extractor, build_tasks, build_training_args,
-                                         check_environment, check_model, load_run_config)
+        from opid_trl.runs.run_config import (
+            ConfigError,
+            build_skill_extractor,
+            build_tasks,
+            build_training_args,
+            check_environment,
+            check_model,
+            load_run_config,
+        )
     except Exception as exc:
         message = vllm_import_failure(exc)
         if message is None:
@@ -86,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: valid")
         return 0
 
-    from opid_trl.run_dir import RunDirError, release_output_dir
+    from opid_trl.runs.run_dir import RunDirError, release_output_dir
 
     try:
         lock = claim_output_dir(args, run, training_args)
@@ -106,9 +113,9 @@ def run_training(args: argparse.Namespace, run, training_args, train_tasks, eval
     from accelerate import PartialState
 
     from opid_trl import OPIDTrainer
-    from opid_trl.embedded import resolve_model
-    from opid_trl.reporting import MetricsJSONLCallback, plot_metrics
-    from opid_trl.run_dir import resolved_run_config, save_run_config
+    from opid_trl.reporting.metrics_log import MetricsJSONLCallback, plot_metrics
+    from opid_trl.runs.embedded import resolve_model
+    from opid_trl.runs.run_dir import resolved_run_config, save_run_config
 
     output_dir = Path(training_args.output_dir)
     try:
@@ -156,7 +163,7 @@ def claim_output_dir(args: argparse.Namespace, run, training_args):
     """
     from accelerate import PartialState
 
-    from opid_trl.run_dir import RunDirError, lock_output_dir, release_output_dir
+    from opid_trl.runs.run_dir import RunDirError, lock_output_dir, release_output_dir
 
     state = PartialState()
     lock, error = None, None
@@ -181,7 +188,7 @@ def check_output_dir(args: argparse.Namespace, run, training_args) -> None:
     """Refuse (`RunDirError`) a fresh run on a folder holding an earlier run unless ``--overwrite``
     moves that run aside, and a resume whose run file changes what the checkpoints were trained
     with (compared with the configuration saved beside them)."""
-    from opid_trl import run_dir
+    from opid_trl.runs import run_dir
 
     output_dir = Path(training_args.output_dir)
     if args.resume is None:
@@ -238,10 +245,10 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     from accelerate import PartialState
 
     import environments
-    from opid_trl.episode_settings import resolve_episode_settings
-    from opid_trl.run_config import build_tasks
-    from opid_trl.sft import expert_examples, run_sft, skill_conditioned_examples
-    from opid_trl.skill_extractors import RuleBasedSkillExtractor
+    from opid_trl.rollout.settings import resolve_episode_settings
+    from opid_trl.runs.run_config import build_tasks
+    from opid_trl.runs.sft import expert_examples, run_sft, skill_conditioned_examples
+    from opid_trl.skills.extractors import RuleBasedSkillExtractor
 
     target = Path(training_args.output_dir) / run.sft.output_subdir
     if skip or (target / "config.json").exists():

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import Dataset  # noqa: E402
 
 from opid_trl import OPIDConfig, OPIDTrainer  # noqa: E402
-from opid_trl.skill_extractors import RuleBasedSkillExtractor  # noqa: E402
+from opid_trl.skills.extractors import RuleBasedSkillExtractor  # noqa: E402
 from opid_trl.testing import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
 

@@ -104,7 +104,7 @@ def run_point(model_dir: str, backend: str, point: dict[str, int], steps: int) -
                "--steps", str(steps)]
     env = os.environ
     if backend == "vllm":
-        from opid_trl.vllm_cpu import engine_environment
+        from opid_trl.generation.vllm_cpu import engine_environment
 
         env = engine_environment()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)

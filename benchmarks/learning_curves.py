@@ -115,7 +115,7 @@ class Matrix:
     """The run file, the shared warm start, and the cells' folders and result files."""
 
     def __init__(self, config: Path, work_dir: Path, results: Path, overrides: list[str], model: str | None) -> None:
-        from opid_trl.run_config import load_run_config
+        from opid_trl.runs.run_config import load_run_config
 
         self.config, self.work_dir, self.results = config.resolve(), work_dir.resolve(), results
         self.overrides = list(overrides)
@@ -134,10 +134,9 @@ class Matrix:
     # ------------------------------------------------------------ warm start
     def warm_start(self) -> str:
         """The SFT warm-started model every cell starts from (trained once, then reused)."""
+        from opid_trl.runs.embedded import resolve_model
+        from opid_trl.runs.run_config import build_training_args, check_model
         from train import warm_start
-
-        from opid_trl.embedded import resolve_model
-        from opid_trl.run_config import build_training_args, check_model
 
         base = resolve_model(check_model(self.run))
         if self.run.sft is None:
@@ -249,7 +248,7 @@ class Matrix:
     def collect(self, method: str, seed: int, attempts: list[dict[str, Any]]) -> dict[str, Any]:
         """The cell's result: every logged training step and held-out evaluation, and where it ran
         (``wall_seconds`` adds up the attempts that ended: a killed one's time is not known)."""
-        from opid_trl.reporting import read_metrics
+        from opid_trl.reporting.metrics_log import read_metrics
 
         records = read_metrics(self.cell_dir(method, seed) / "metrics.jsonl")
         # a step past max_steps can only come from a resume of a finished run: not part of the cell

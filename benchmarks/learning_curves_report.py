@@ -69,7 +69,7 @@ def load_unfinished(work_dir: Path, finished: dict[str, list[dict[str, Any]]]) -
     or the main table."""
     from learning_curves import split_records  # puts the repository on sys.path for opid_trl
 
-    from opid_trl.reporting import read_metrics
+    from opid_trl.reporting.metrics_log import read_metrics
 
     done = {(c["method"], c["seed"]) for runs in finished.values() for c in runs}
     unfinished = {}

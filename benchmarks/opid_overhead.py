@@ -34,7 +34,7 @@ from datasets import Dataset  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from opid_trl import OPIDConfig, OPIDTrainer  # noqa: E402
-from opid_trl.skill_extractors import RuleBasedSkillExtractor  # noqa: E402
+from opid_trl.skills.extractors import RuleBasedSkillExtractor  # noqa: E402
 from opid_trl.testing import save_tiny_model  # noqa: E402
 
 #: name -> (episodes per step, turns per episode, tokens per turn)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the run file, e.g. training.temperature=0.7")
     args = parser.parse_args(argv)
 
-    from opid_trl.skill_signal import load_signals, markdown_table, summarize
+    from opid_trl.skills.signal import load_signals, markdown_table, summarize
 
     matrix = Matrix(args.config, args.work_dir, args.results, args.overrides, args.model)
     model = args.model or matrix.warm_start()

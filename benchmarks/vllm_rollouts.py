@@ -131,7 +131,7 @@ def run_case_process(args: argparse.Namespace, case: str) -> dict:
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     if args.server_url:
         command += ["--server-url", args.server_url]
-    from opid_trl.vllm_cpu import engine_environment
+    from opid_trl.generation.vllm_cpu import engine_environment
 
     proc = subprocess.run(command, env=engine_environment(), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -144,7 +144,7 @@ def resolve_model(name: str, directory: str) -> str:
         from opid_trl.testing import save_tiny_vllm_model
 
         return str(save_tiny_vllm_model(directory))
-    from opid_trl.embedded import resolve_model as resolve
+    from opid_trl.runs.embedded import resolve_model as resolve
 
     return resolve(name)
 
@@ -171,8 +171,8 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    from opid_trl.generation.vllm_cpu import running_server
     from opid_trl.testing import free_port
-    from opid_trl.vllm_cpu import running_server
 
     output = Path(args.output)
     summary = json.loads(output.read_text()) if output.exists() and len(args.parts) < 2 else {}
@@ -180,7 +180,7 @@ def main() -> None:
         "model": args.model,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
         # the colocated engine is TRL's (vLLM's default dtype: a float32 checkpoint runs in bfloat16);
-        # the server runs float32, as `opid_trl.vllm_cpu.server_command` starts it by default
+        # the server runs float32, as `opid_trl.generation.vllm_cpu.server_command` starts it by default
         "engine_dtype": {"colocate": "auto (bfloat16 for a float32 checkpoint)", "server": "float32"},
     })
     summary.setdefault("results", {})

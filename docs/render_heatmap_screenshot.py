@@ -7,7 +7,7 @@ Made for the screenshot in README.md, from a real run's ``<output_dir>/heatmaps/
 
 An ``.html`` report is rendered as it is; records (a ``step-*.jsonl`` file or a ``heatmaps/``
 folder) are first written to a report in a temporary folder (or to ``--report``). The command is
-the one the browser test runs (``opid_trl.heatmap.screenshot_command``), and the script fails if
+the one the browser test runs (``opid_trl.reporting.browser.screenshot_command``), and the script fails if
 the page logs a console error, so no screenshot is taken of a page that is broken in a browser.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone, installed or not
 
-from opid_trl import heatmap
+from opid_trl.reporting import heatmap
+from tests import browser
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 def screenshot(report: Path, png: Path, window_size: tuple[int, int]) -> int:
     """Take the screenshot; 1 (with Chromium's log) if it failed or the page logged an error."""
     png.unlink(missing_ok=True)  # a stale screenshot must not pass for a new one
-    done = heatmap.take_screenshot(report, png, window_size)
-    errors = heatmap.console_errors(done.stderr)
+    done = browser.take_screenshot(report, png, window_size)
+    errors = browser.console_errors(done.stderr)
     if done.returncode != 0 or not png.exists() or errors:
         print(done.stderr[-4000:], file=sys.stderr)
         print(f"screenshot failed (exit {done.returncode}, {len(errors)} console errors)", file=sys.stderr)

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-
 INSTRUCTION_LINE = "Now it's your turn to take an action."
 FORMAT_INSTRUCTIONS = (
     "You should first reason step-by-step about the current situation. This reasoning process MUST be "
@@ -351,7 +350,7 @@ class AgentEnvironment(ABC):
         """Whether a played step was good, judged against the expert's action at the state it was
         played in (``expert_action``, asked before the step); ``None`` when the expert had no answer.
 
-        The skill-signal diagnostic (`opid_trl.skill_signal`) ranks the skill advantage of good
+        The skill-signal diagnostic (`opid_trl.skills.signal`) ranks the skill advantage of good
         steps above bad ones with it. The default rule, right for environments whose expert knows
         the one shortest path (fetch, ALFWorld's planner while the episode is on its plan): an
         ill-formed answer is bad; a well-formed one is good iff its action is the expert's (case and

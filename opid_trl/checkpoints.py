@@ -37,7 +37,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
-from .reporting import write_text_atomic
+from opid_trl.files import write_text_atomic
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 #: Written by `Trainer._save_checkpoint` after the weights, optimizer, scheduler and RNG states.

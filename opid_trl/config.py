@@ -455,8 +455,8 @@ class OPIDConfig(GRPOConfig):
                        "vllm_mode='server' (or async_episodes=False)")
         check.boolean("overlap_analysis")
         check.boolean("log_analyses")
-        if self.use_vllm and self.vllm_mode == "colocate" and _is_int(self.vllm_tensor_parallel_size) \
-                and self.vllm_tensor_parallel_size > 1:
+        if (self.use_vllm and self.vllm_mode == "colocate" and _is_int(self.vllm_tensor_parallel_size)
+                and self.vllm_tensor_parallel_size > 1):
             check.fail("vllm_tensor_parallel_size", "colocated vLLM with tensor parallelism needs every rank of a "
                        "tensor-parallel group to send the same prompts (TRL gathers them across the group), while "
                        "OPID's episode loop generates each rank's own turns; use 1, or vllm_mode='server' with "

@@ -33,7 +33,7 @@ def _training_corpus() -> list[str]:
 
 def build_tiny_tokenizer(vocab_size: int = 400):
     """A fast BPE tokenizer with a ChatML template, trained on environment-like text."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token=None))

@@ -1,15 +1,14 @@
-"""The records a rollout produces and a skill extractor consumes."""
+"""The records a rollout produces and a skill extractor consumes (a leaf: it imports no stage).
+
+Also the length limits of a skill and the one function that clips one (`clip_skill`), since every
+skill, whichever extractor wrote it, is cleaned and clipped here before it reaches a prompt."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any
 
-from .untrusted_text import clean_text
-
-if TYPE_CHECKING:  # the protocol imports this module, so it is only named here
-    from .skill_extractors.protocol import SkillExtractor
+from opid_trl.untrusted_text import clean_text
 
 
 @dataclass
@@ -126,9 +125,3 @@ def clip_skill(text: str, limit: int) -> str:
         if space >= limit // 2:
             head = head[:space]
     return head.rstrip(" ,;:.-") + _ELLIPSIS
-
-
-#: What OPIDTrainer's ``skill_extractor`` argument accepts besides ``None``: a
-#: `opid_trl.skill_extractors.SkillExtractor`, a plain callable, or a registered name (see
-#: `opid_trl.skill_extractors.as_skill_extractor`).
-SkillExtractorLike = Union["SkillExtractor", Callable[[Sequence[Trajectory]], Sequence[Union[EpisodeSkills, None]]], str]

@@ -39,7 +39,7 @@ def fixed_skills(trajectories):
 
 
 def policy_extractor():
-    from opid_trl.skill_extractors import PolicySkillExtractor
+    from opid_trl.skills.extractors import PolicySkillExtractor
 
     return PolicySkillExtractor(max_new_tokens=4, max_record_chars=400)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from opid_trl import episode_step_advantages, outcome_advantages, skill_advantage
-from opid_trl.advantages import opid_advantages
+from opid_trl.algorithms.advantages import opid_advantages
 
 
 def approx(values, expected, tol=1e-4):

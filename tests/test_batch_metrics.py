@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from opid_trl.batch_metrics import BatchMetrics
+from opid_trl.reporting.batch_metrics import BatchMetrics
 
 
 @pytest.fixture

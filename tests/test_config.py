@@ -191,8 +191,8 @@ def test_the_policy_cannot_be_its_own_extractor_with_sharded_parameters(tmp_path
 
     from opid_trl import OPIDTrainer
     from opid_trl.config import sharded_parameters
-    from opid_trl.run_config import ConfigError, build_skill_extractor, load_run_config
-    from opid_trl.skill_extractors import PolicySkillExtractor
+    from opid_trl.runs.run_config import ConfigError, build_skill_extractor, load_run_config
+    from opid_trl.skills.extractors import PolicySkillExtractor
 
     zero3 = {"zero_optimization": {"stage": 3}}
     assert sharded_parameters(zero3, None) == "ZeRO-3" and sharded_parameters(None, "full_shard") == "FSDP"
@@ -216,13 +216,13 @@ def test_num_generations_zero_is_named_not_a_division_by_zero():
 
 
 def test_a_tokenizer_without_a_chat_template_is_named_before_training(tiny_model_dir, tiny_tokenizer, tmp_path):
+    import copy
+
     from datasets import Dataset
 
     from opid_trl import OPIDTrainer
 
     from .conftest import tiny_config
-
-    import copy
 
     tokenizer = copy.deepcopy(tiny_tokenizer)  # the fixture is shared by the whole session
     tokenizer.chat_template = None

@@ -28,7 +28,8 @@ from environments.alfworld import (  # noqa: E402
     task_rows,
 )
 from environments.alfworld import data as alf_data  # noqa: E402
-from environments.alfworld.generate import generate_games, main, sample_spec  # noqa: E402
+from environments.alfworld.__main__ import main  # noqa: E402
+from environments.alfworld.generate import generate_games, sample_spec  # noqa: E402
 from environments.alfworld.scenes import split_scenes  # noqa: E402
 from environments.base import INSTRUCTION_LINE, HistoryEntry, PromptView  # noqa: E402
 
@@ -158,8 +159,8 @@ def test_same_seed_same_game_and_other_seed_other_game(train_games, tmp_path):
     again = generate_games(str(tmp_path), "train", [0, 1], seed=0)
     for record, fresh in zip(train_games[:2], again, strict=True):
         for name in ("game.tw-pddl", "traj_data.json"):
-            with open(os.path.join(os.path.dirname(record["game_file"]), name)) as a, \
-                    open(os.path.join(str(tmp_path), os.path.dirname(fresh.game_file), name)) as b:
+            with (open(os.path.join(os.path.dirname(record["game_file"]), name)) as a,
+                  open(os.path.join(str(tmp_path), os.path.dirname(fresh.game_file), name)) as b):
                 assert a.read() == b.read()
     specs = [sample_spec("train", s, 0) for s in range(4)]
     assert len({(s.scene, s.object_target, s.goal_text, len(s.objects)) for s in specs}) > 1
@@ -191,8 +192,8 @@ def test_cache_reuses_and_extends(train_games, cache, tmp_path, monkeypatch):
 
     monkeypatch.setattr("environments.alfworld.generate.generate_games", fake_generate)
     paths = ensure_games(copy, "train", 6, seed=0)
-    assert calls == [] and [os.path.relpath(p, copy) for p in paths] == \
-        [os.path.relpath(g["game_file"], cache) for g in train_games]
+    assert calls == [] and [os.path.relpath(p, copy) for p in paths] == [
+        os.path.relpath(g["game_file"], cache) for g in train_games]
     assert ensure_games(copy, "train", 3, seed=0) == paths[:3]
     ensure_games(copy, "train", 8, seed=0)
     assert calls == [[6, 7]]  # only the missing games

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from opid_trl import heatmap
-from opid_trl.routing import EPISODE_SKILL_TITLE, inject_episode_skill
+from opid_trl.algorithms.routing import EPISODE_SKILL_TITLE, inject_episode_skill
+from opid_trl.reporting import heatmap
+from tests import browser
 
 TASK = "Your task is to: take the apple."
 PROMPT = f"You are in a room.\n{TASK}\nYou see a table.\nNow it's your turn to act."
@@ -219,7 +220,7 @@ def test_load_records_reads_a_folder_by_step_then_rank(tmp_path):
 def test_load_records_skips_a_torn_last_line(tmp_path, caplog):
     records = [make_record(["a"], [-1.0], [-0.5]), make_record(["b"], [-1.0], [-1.5])]
     path = write_jsonl(tmp_path / "step-1-rank0.jsonl", records, torn=json.dumps(records[0])[:40])
-    with caplog.at_level(logging.WARNING, logger="opid_trl.heatmap"):
+    with caplog.at_level(logging.WARNING, logger="opid_trl.reporting.heatmap"):
         loaded = heatmap.load_records(path)
     assert [r["tokens"] for r in loaded] == [["a"], ["b"]]
     assert "torn last line" in caplog.text
@@ -250,7 +251,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 @pytest.mark.browser
 def test_the_report_loads_in_headless_chromium_without_console_errors(tmp_path):
-    if heatmap.chromium_binary() is None:
+    if browser.chromium_binary() is None:
         message = "chromium is not installed (apt-get install chromium)"
         if os.environ.get("CI"):
             pytest.fail(message)
@@ -262,11 +263,11 @@ def test_the_report_loads_in_headless_chromium_without_console_errors(tmp_path):
                make_record(["go", " east"], [-1.0, -2.0], [-0.2, -2.5], kind="step")]
     report = heatmap.write_report(records, tmp_path / "report.html")
     png = tmp_path / "report.png"
-    done = heatmap.take_screenshot(report, png)
+    done = browser.take_screenshot(report, png)
     assert done.returncode == 0, done.stderr[-2000:]
     assert png.exists() and png.stat().st_size > 10_000
     assert png_size(png) == (1280, 900)
-    assert heatmap.console_errors(done.stderr) == []
+    assert browser.console_errors(done.stderr) == []
     image = pytest.importorskip("PIL.Image").open(png).convert("RGB")
     assert len(image.getcolors(maxcolors=1 << 20) or []) > 20  # text and colours, not a blank page
 
@@ -276,16 +277,16 @@ def test_the_console_check_sees_a_page_that_logs_an_error(tmp_path):
     """Positive control of the browser test above: a page whose script does log a console error is
     caught, so "no console errors" there means the report ran no script, not that Chromium logged
     nothing."""
-    if heatmap.chromium_binary() is None:
+    if browser.chromium_binary() is None:
         message = "chromium is not installed (apt-get install chromium)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     page = tmp_path / "bad.html"
     page.write_text('<html><body><p>x</p><script>console.error("control error")</script></body></html>')
-    done = heatmap.take_screenshot(page, tmp_path / "bad.png")
+    done = browser.take_screenshot(page, tmp_path / "bad.png")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert any("control error" in line for line in heatmap.console_errors(done.stderr))
+    assert any("control error" in line for line in browser.console_errors(done.stderr))
 
 
 def test_a_screenshot_can_unfold_the_first_prompts_and_rows_show_the_weighted_term():
@@ -297,7 +298,7 @@ def test_a_screenshot_can_unfold_the_first_prompts_and_rows_show_the_weighted_te
 
 def test_the_recorder_writes_what_the_heatmap_reads(tmp_path):
     torch = pytest.importorskip("torch")
-    from opid_trl.heatmap_recorder import HeatmapRecorder
+    from opid_trl.reporting.heatmap_recorder import HeatmapRecorder
 
     recorder = HeatmapRecorder(tmp_path, rank=0, rows_per_step=1)
     base = make_record(["go", " east", "pad"], [], [])
@@ -318,7 +319,7 @@ def test_the_recorder_writes_what_the_heatmap_reads(tmp_path):
 
 @pytest.mark.browser
 def test_the_screenshot_script_renders_records(tmp_path):
-    if heatmap.chromium_binary() is None:
+    if browser.chromium_binary() is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (apt-get install chromium)")
         pytest.skip("chromium is not installed")

@@ -42,7 +42,7 @@ def test_no_recording_by_default(tiny_model_dir, tiny_tokenizer, tmp_path):
                           train_dataset=Dataset.from_list([{"seed": i} for i in range(8)]),
                           skill_extractor=extractor)
     trainer.train()
-    assert trainer.heatmaps is None and not (tmp_path / "out" / "heatmaps").exists()
+    assert trainer.skill_reports.heatmaps is None and not (tmp_path / "out" / "heatmaps").exists()
 
 
 def test_loss_step_l_old_equals_the_explicit_pass(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch):

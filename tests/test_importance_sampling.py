@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from opid_trl.importance_sampling import vllm_importance_ratio
+from opid_trl.algorithms.importance_sampling import vllm_importance_ratio
 
 TRAINER = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
 SAMPLER = torch.tensor([[-1.5, -1.0, float("nan")], [-1.0, -3.0, -1.0]])

@@ -152,7 +152,7 @@ def test_single_turn_mode_rejects_episode_outcome_settings(tiny_model_dir, tiny_
 def test_scale_rewards_normalizes_episode_outcomes(tiny_model_dir, tiny_tokenizer, tmp_path):
     trainer = OPIDTrainer(model=tiny_model_dir, args=tiny_config(tmp_path, scale_rewards="none"),
                           train_dataset=tasks(), processing_class=tiny_tokenizer, environment="fetch")
-    from opid_trl.rollout import Episode
+    from opid_trl.rollout.episode import Episode
     from opid_trl.trajectory import StepRecord
 
     episodes = []
@@ -161,7 +161,7 @@ def test_scale_rewards_normalizes_episode_outcomes(tiny_model_dir, tiny_tokenize
         ep.steps = [StepRecord(index=0, observation="", response="", reward=reward)]
         episodes.append(ep)
     # scale_rewards='none': R - group mean (mean 3), no division by the std
-    assert trainer._episode_outcome_advantages(episodes) == [[7.0], [-3.0], [-3.0], [-1.0]]
+    assert trainer._episode_outcomes(episodes).step_advantages == [[7.0], [-3.0], [-3.0], [-1.0]]
 
 
 def test_critical_steps_fall_back_to_the_episode_skill_without_step_weight(tiny_model_dir, tiny_tokenizer, tmp_path):

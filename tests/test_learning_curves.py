@@ -18,8 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from learning_curves import parse_matrix  # noqa: E402
-from learning_curves_report import (by_step, load_unfinished, markdown, permutation_test, steps_to_reach,  # noqa: E402
-                                    summarize)
+from learning_curves_report import by_step, load_unfinished, markdown, permutation_test, steps_to_reach, summarize  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 MAX_STEPS = 2

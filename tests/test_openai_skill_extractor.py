@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from opid_trl import StepRecord, Trajectory
-from opid_trl.audit import AnalysisAuditLog
-from opid_trl.routing import route_skills
-from opid_trl.skill_extractors import AnalysisCache, OpenAISkillExtractor
+from opid_trl.algorithms.routing import route_skills
+from opid_trl.skills.audit import AnalysisAuditLog
+from opid_trl.skills.extractors import AnalysisCache, OpenAISkillExtractor
 
 from .openai_server import ScriptedOpenAIServer
 

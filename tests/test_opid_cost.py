@@ -10,7 +10,7 @@ from trl import GRPOTrainer
 
 from environments.base import HistoryEntry, PromptView
 from opid_trl import EpisodeSkills, OPIDTrainer
-from opid_trl.rollout import Episode
+from opid_trl.rollout.episode import Episode
 
 from .conftest import tiny_config
 

@@ -6,8 +6,8 @@ import pytest
 
 from environments import FetchEnvironment, make_fetch_task
 from environments.base import AgentEnvironment, HistoryEntry, PromptView
-from opid_trl.prompt_budget import fit_prompts
-from opid_trl.rollout import EpisodeRunner
+from opid_trl.rollout.prompt_budget import fit_prompts
+from opid_trl.rollout.runner import EpisodeRunner
 
 
 def word_tokenize(texts):

@@ -3,7 +3,7 @@
 import pytest
 
 from opid_trl import EpisodeSkills, inject, inject_episode_skill, inject_step_skill, route_skills
-from opid_trl.routing import EPISODE_SKILL_TITLE, STEP_SKILL_TITLE
+from opid_trl.algorithms.routing import EPISODE_SKILL_TITLE, STEP_SKILL_TITLE
 
 SKILLS = EpisodeSkills("Open the fridge before looking elsewhere.", {1: "Take the apple now."})
 

@@ -10,8 +10,8 @@ import pytest
 from environments import make
 from environments.base import THINK_ACTION_RESPONSE_FORMAT
 from opid_trl import StepRecord, Trajectory
-from opid_trl.rollout import Episode
-from opid_trl.skill_extractors import RuleBasedSkillExtractor, SkillExtractor
+from opid_trl.rollout.episode import Episode
+from opid_trl.skills.extractors import RuleBasedSkillExtractor, SkillExtractor
 from opid_trl.trajectory import MAX_EPISODE_SKILL_CHARS
 
 FETCH, ALFWORLD, WEBSHOP, SEARCH = (make(name) for name in ("fetch", "alfworld", "webshop", "search_qa"))

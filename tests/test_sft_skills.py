@@ -6,11 +6,10 @@ import yaml
 
 import environments
 from environments import FetchEnvironment
-from opid_trl.routing import EPISODE_SKILL_TITLE, STEP_SKILL_TITLE
-from opid_trl.run_config import ConfigError, load_run_config
-from opid_trl.sft import skill_conditioned_examples
-from opid_trl.skill_extractors import RuleBasedSkillExtractor
-
+from opid_trl.algorithms.routing import EPISODE_SKILL_TITLE, STEP_SKILL_TITLE
+from opid_trl.runs.run_config import ConfigError, load_run_config
+from opid_trl.runs.sft import skill_conditioned_examples
+from opid_trl.skills.extractors import RuleBasedSkillExtractor
 
 
 def examples(explore_rate, skill_share, seed=0, num_tasks=12):

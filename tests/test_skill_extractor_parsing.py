@@ -6,8 +6,8 @@ import time
 import pytest
 
 from opid_trl import StepRecord, Trajectory
-from opid_trl.skill_extractors import OUTPUT_SCHEMA, AnalysisParseError, build_messages, parse_analysis, render_record
-from opid_trl.skill_extractors.parsing import MAX_CANDIDATES, balanced_objects
+from opid_trl.skills.extractors import OUTPUT_SCHEMA, AnalysisParseError, build_messages, parse_analysis, render_record
+from opid_trl.skills.extractors.parsing import MAX_CANDIDATES, balanced_objects
 
 VALID = {"episode_summary": "Went east, took it.", "episode_skill": "Walk east, then take the item.",
          "step_skills": {"0": "Go east.", "2": "Take the key now."}}
@@ -166,7 +166,7 @@ def test_prompt_asks_for_workflow_or_avoidance():
 
 
 def test_a_huge_answer_says_it_was_cut():
-    from opid_trl.skill_extractors.parsing import MAX_SCAN_CHARS
+    from opid_trl.skills.extractors.parsing import MAX_SCAN_CHARS
 
     answer = '{"episode_skill": "Walk east."}' + " filler" * (300 * 1024 // 7)
     with pytest.raises(AnalysisParseError, match=r"last 64 KiB of the answer \(it is 3\d\d KiB long"):

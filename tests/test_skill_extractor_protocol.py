@@ -4,7 +4,7 @@ import pytest
 
 import opid_trl
 from opid_trl import EpisodeSkills, StepRecord, Trajectory
-from opid_trl.skill_extractors import (
+from opid_trl.skills.extractors import (
     SKILL_EXTRACTORS,
     CallableSkillExtractor,
     OpenAISkillExtractor,
@@ -51,7 +51,7 @@ class Legacy:
 def test_the_base_class_declares_the_trainer_hooks_with_defaults():
     extractor = Minimal()
     assert extractor.supports_overlap is True
-    assert extractor.bind_trainer(object()) is None
+    assert extractor.bind(object()) is None
     assert extractor.pop_metrics() == {}
     assert extractor([trajectory()])[0].episode_skill == "Look first."
     with pytest.raises(TypeError):
@@ -74,7 +74,7 @@ def test_as_skill_extractor_normalises_every_accepted_form():
     assert isinstance(wrapped, CallableSkillExtractor) and isinstance(wrapped, SkillExtractor)
     assert wrapped([trajectory(), trajectory()]) == [None, None]
     assert wrapped.supports_overlap is True and wrapped.pop_metrics() == {}
-    wrapped.bind_trainer(object())  # a plain function has nothing to bind
+    wrapped.bind(object())  # a plain function has nothing to bind
 
 
 def test_a_legacy_object_keeps_its_hooks():
@@ -83,7 +83,7 @@ def test_a_legacy_object_keeps_its_hooks():
     assert isinstance(extractor, CallableSkillExtractor) and extractor.wrapped is legacy
     assert extractor.supports_overlap is False
     trainer = object()
-    extractor.bind_trainer(trainer)
+    extractor.bind(trainer)
     assert legacy.bound is trainer
     assert extractor([trajectory()]) == [None]
     assert extractor.pop_metrics() == {"calls": 1.0}
@@ -114,7 +114,7 @@ def write_run_file(tmp_path, section):
 
 
 def test_run_file_section_builds_the_extractor(tmp_path):
-    from opid_trl.run_config import build_skill_extractor, load_run_config
+    from opid_trl.runs.run_config import build_skill_extractor, load_run_config
 
     run = load_run_config(write_run_file(tmp_path, "skill_extractor: {name: rule_based, kwargs: {repeat_threshold: 4}}\n"))
     extractor = build_skill_extractor(run)
@@ -130,7 +130,7 @@ def test_run_file_section_builds_the_extractor(tmp_path):
     ("analyzer: {name: rule_based}\n", "analyzer: this section is now called 'skill_extractor'"),
 ])
 def test_run_file_errors_name_the_field(tmp_path, section, field):
-    from opid_trl.run_config import ConfigError, build_skill_extractor, load_run_config
+    from opid_trl.runs.run_config import ConfigError, build_skill_extractor, load_run_config
 
     with pytest.raises(ConfigError, match=field):
         build_skill_extractor(load_run_config(write_run_file(tmp_path, section)))

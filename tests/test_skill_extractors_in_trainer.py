@@ -7,7 +7,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from opid_trl import OPIDTrainer
-from opid_trl.skill_extractors import PolicySkillExtractor, RuleBasedSkillExtractor
+from opid_trl.skills.extractors import PolicySkillExtractor, RuleBasedSkillExtractor
 
 from .conftest import tiny_config
 

@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from opid_trl.routing import RoutedSkill
-from opid_trl.skill_scoring import plan_skill_passes, score_skills
+from opid_trl.algorithms.routing import RoutedSkill
+from opid_trl.skills.scoring import plan_skill_passes, score_skills
 
 EP, STEP = RoutedSkill(episode_skill="E"), RoutedSkill(step_skill="S")
 

@@ -12,13 +12,23 @@ from datasets import Dataset
 
 from environments import FetchEnvironment, SearchQAEnvironment, make, make_fetch_task
 from opid_trl import EpisodeSkills, OPIDTrainer
-from opid_trl.generation import Sample
-from opid_trl.reporting import MetricsJSONLCallback
-from opid_trl.routing import RoutedSkill
-from opid_trl.skill_signal import (StepSignal, action_token_mask, auc, batch_metrics, episode_interval,
-                                   markdown_table, opid_auc_by_weight, score_auc, step_signals, summarize,
-                                   update_share)
-from opid_trl.skill_signal_recorder import routed_rule
+from opid_trl.algorithms.routing import RoutedSkill
+from opid_trl.generation.base import Sample
+from opid_trl.reporting.metrics_log import MetricsJSONLCallback
+from opid_trl.reporting.skill_signal_recorder import routed_rule
+from opid_trl.skills.signal import (
+    StepSignal,
+    action_token_mask,
+    auc,
+    batch_metrics,
+    episode_interval,
+    markdown_table,
+    opid_auc_by_weight,
+    score_auc,
+    step_signals,
+    summarize,
+    update_share,
+)
 
 from .conftest import tiny_config
 
@@ -276,14 +286,14 @@ def test_off_calls_no_expert_and_writes_nothing(tiny_model_dir, tiny_tokenizer, 
                           train_dataset=Dataset.from_list([{"seed": i} for i in range(4)]), skill_extractor=extractor,
                           generation_backend=MixedBackend(tiny_tokenizer))
     trainer.train()
-    assert trainer.skill_signal is None and not (tmp_path / "out" / "skill_signal").exists()
+    assert trainer.skill_reports.signal is None and not (tmp_path / "out" / "skill_signal").exists()
     assert trainer._runner.record_expert is False
 
 
 # ---------------------------------------------------------------------------- placebo control
 def test_shuffled_skills_come_from_the_next_group():
     from opid_trl import StepRecord, Trajectory
-    from opid_trl.skill_extractors import ShuffledSkillExtractor, make_skill_extractor
+    from opid_trl.skills.extractors import ShuffledSkillExtractor, make_skill_extractor
 
     def trajectory(tid, group, target, rooms):
         steps = [StepRecord(i, f"You are in room {i}.", "", "go east", True, 0.0) for i in range(rooms)]

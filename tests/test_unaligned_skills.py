@@ -37,8 +37,8 @@ def extractor(trajectories):
 def test_skills_reach_every_micro_step_when_unaligned(tiny_model_dir, tiny_tokenizer, tmp_path, settings,
                                                       micro_batches, real_rows, rows):
     trainer = OPIDTrainer(model=tiny_model_dir, processing_class=tiny_tokenizer, environment=FixedLengthFetch,
-                          args=tiny_config(tmp_path, max_steps=micro_batches, beta=0.0, max_turns=3, per_device_train_batch_size=2,
-                                           num_generations=2, shuffle_dataset=False, **settings),
+                          args=tiny_config(tmp_path, max_steps=micro_batches, beta=0.0, max_turns=3,
+                                           per_device_train_batch_size=2, num_generations=2, shuffle_dataset=False, **settings),
                           train_dataset=Dataset.from_list([{"seed": i} for i in range(8)]),
                           skill_extractor=extractor)
     assert not trainer._aligned

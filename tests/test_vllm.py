@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from opid_trl.generation.vllm_cpu import engine_environment, running_server
 from opid_trl.testing import free_port
-from opid_trl.vllm_cpu import engine_environment, running_server
 
 try:
     import vllm  # noqa: F401

@@ -69,7 +69,7 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
         prompts = [ep.prompt_ids[t] for ep, t in rows]
         completions = [ep.completion_ids[t] for ep, t in rows]
         skill = "Walk east until the target is here, then take it."
-        skill_prompts = trainer._tokenize_texts([
+        skill_prompts = trainer.policy.tokenize_user_messages([
             ep.skill_prompt(t, skill, None) for ep, t in rows])
         engine_skill = backend.score(skill_prompts, completions)
         engine_old = backend.score(prompts, completions)
@@ -105,10 +105,9 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     args = parser.parse_args()
 
+    from conftest import tiny_config
     from datasets import Dataset
     from transformers import AutoTokenizer
-
-    from conftest import tiny_config
 
     from opid_trl import OPIDTrainer
 

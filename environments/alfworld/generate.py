@@ -1,8 +1,4 @@
-"""Offline generator of playable ALFWorld games, and its command line.
-
-``python -m environments.alfworld.generate --out DIR --num-games N --split train|seen|unseen --seed S
-[--workers K]`` writes an ALFWORLD_DATA-style tree (``DIR/json_2.1.1/<split dir>/...``) plus a
-manifest; running it again with a larger N only adds the missing games.
+"""Offline generator of playable ALFWorld games (its command line: ``python -m environments.alfworld``).
 
 ALFWorld's official games cannot be downloaded here, so games are written from what the alfworld
 package ships (see :mod:`.scenes` and :mod:`.pddl`). Game ``i`` of ``(split, seed)`` depends on
@@ -15,15 +11,12 @@ the game's walkthrough (the expert plan).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from .data import SPLIT_ALIASES, generate_into
 from .pddl import GameSpec, Placed, game_json, goal_sentence, goal_templates, location_id, traj_json
 from .scenes import (
     LAMP_HOLDERS,
@@ -250,8 +243,8 @@ def generate_games(out_root: str, split: str, indices: Sequence[int], seed: int,
         size = max(1, min(25, len(indices) // (4 * workers)))
         jobs = [(out_root, split, indices[i:i + size], seed) for i in range(0, len(indices), size)]
         records: list[GameRecord] = []
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool, \
-                tqdm(total=len(indices), desc=f"{split} games", unit="game", disable=not log_every) as bar:
+        with (multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool,
+              tqdm(total=len(indices), desc=f"{split} games", unit="game", disable=not log_every) as bar):
             for chunk in pool.imap_unordered(_generate_chunk, jobs):
                 records += chunk
                 bar.update(len(chunk))
@@ -266,22 +259,3 @@ def generate_games(out_root: str, split: str, indices: Sequence[int], seed: int,
         engine.close()
         planner.close()
     return records
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True,
-                        help="output root, usable as ALFWORLD_DATA: games go to OUT/json_2.1.1/<split dir>/...")
-    parser.add_argument("--num-games", type=int, required=True)
-    parser.add_argument("--split", default="train", choices=sorted(SPLIT_ALIASES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=1, help="processes (about 1.4 s per game each)")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    paths = generate_into(args.out, args.split, args.num_games, args.seed, log_every=10, workers=args.workers)
-    elapsed = time.perf_counter() - start
-    print(json.dumps({"games": len(paths), "out": os.path.abspath(args.out), "seconds": round(elapsed, 1)}))
-
-
-if __name__ == "__main__":
-    main()

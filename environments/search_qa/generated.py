@@ -299,8 +299,8 @@ def _generate(seed: int, num_people: int, num_cities: int, num_countries: int, n
     universities = []
     for _ in range(num_universities):
         city = rng.choice(cities)
-        name = f"{city.name} University" if rng.random() < 0.5 and f"{city.name} University" not in entities \
-            else f"{names.word()} Institute"
+        university = f"{city.name} University"
+        name = university if rng.random() < 0.5 and university not in entities else f"{names.word()} Institute"
         uni = add(name, "university")
         uni.facts["university_city"] = city.name
         universities.append(uni)

@@ -12,10 +12,10 @@ import torch
 
 from environments import FetchEnvironment, make_fetch_task
 from environments.base import HistoryEntry, PromptView
-from opid_trl.advantages import episode_step_advantages
-from opid_trl.prompt_budget import CUT_MARKER, fit_prompts
-from opid_trl.rollout import EpisodeRunner
-from opid_trl.step_batch import collect_step_rows, mask_nonfinite_rows, row_tensors
+from opid_trl.algorithms.advantages import episode_step_advantages
+from opid_trl.rollout.prompt_budget import CUT_MARKER, fit_prompts
+from opid_trl.rollout.runner import EpisodeRunner
+from opid_trl.rollout.step_rows import collect_step_rows, mask_nonfinite_rows, row_tensors
 
 ANSWER = "<think>go</think><action>go east</action>"
 

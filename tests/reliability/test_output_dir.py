@@ -33,12 +33,12 @@ def stop_before_training(monkeypatch) -> None:
     """Replace the model loading of `train.main` by `ReachedTraining`: a refused run must never
     get there, an accepted one stops there (no training needed to tell them apart)."""
     import opid_trl
-    import opid_trl.embedded
+    import opid_trl.runs.embedded
 
     def reached(*args, **kwargs):
         raise ReachedTraining()
 
-    monkeypatch.setattr(opid_trl.embedded, "resolve_model", reached)
+    monkeypatch.setattr(opid_trl.runs.embedded, "resolve_model", reached)
     monkeypatch.setattr(opid_trl, "OPIDTrainer", reached)
 
 
@@ -172,7 +172,7 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_any_model_loads(
                                                                               monkeypatch, capsys):
     """A full disk or a read-only mount: the lock file cannot be created (simulated by an OS error
     from the lock, which also holds for root, who writes into read-only folders)."""
-    from opid_trl import run_dir
+    from opid_trl.runs import run_dir
 
     def full_disk(path):
         raise OSError(28, "No space left on device", str(path))

@@ -23,8 +23,13 @@ import pytest
 import torch
 
 import train
-from opid_trl.checkpoints import (COMPLETE_MARKER, INCOMPLETE_DIR, CheckpointCompletionCallback, checkpoint_problem,
-                                  find_resume_checkpoint)
+from opid_trl.checkpoints import (
+    COMPLETE_MARKER,
+    INCOMPLETE_DIR,
+    CheckpointCompletionCallback,
+    checkpoint_problem,
+    find_resume_checkpoint,
+)
 from tests.reliability.test_output_dir import ReachedTraining, snapshot, stop_before_training
 from tests.test_train_cli import ROOT, tiny_run_file
 
@@ -154,7 +159,7 @@ def test_a_checkpoint_written_again_loses_its_marker_first(tmp_path):
 
 
 def test_metrics_are_cut_back_and_a_torn_line_dropped(tmp_path, caplog):
-    from opid_trl.reporting import MetricsJSONLCallback
+    from opid_trl.reporting.metrics_log import MetricsJSONLCallback
 
     path = tmp_path / "metrics.jsonl"
     records = [{"step": s, "loss": s / 10} for s in (1, 2, 3)]
@@ -173,7 +178,7 @@ def test_metrics_are_cut_back_and_a_torn_line_dropped(tmp_path, caplog):
 
 
 def test_the_audit_drops_the_steps_a_resume_analyses_again(tmp_path, caplog):
-    from opid_trl.audit import AnalysisAuditLog
+    from opid_trl.skills.audit import AnalysisAuditLog
 
     log = AnalysisAuditLog(tmp_path, rank=0)
     log.path.parent.mkdir(parents=True)
@@ -314,7 +319,7 @@ def test_a_resume_with_more_steps_goes_ahead(full_run, tiny_model_dir, tmp_path,
 def python_trainer(config: Path):
     """The trainer `train.py` builds for ``config``, built the way a Python user would."""
     from opid_trl import OPIDTrainer
-    from opid_trl.run_config import build_skill_extractor, build_tasks, build_training_args, load_run_config
+    from opid_trl.runs.run_config import build_skill_extractor, build_tasks, build_training_args, load_run_config
 
     run = load_run_config(config)
     return OPIDTrainer(model=run.model, args=build_training_args(run), train_dataset=build_tasks(run, "train"),

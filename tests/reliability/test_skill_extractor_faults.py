@@ -15,10 +15,17 @@ import time
 import pytest
 
 from opid_trl import StepRecord, Trajectory
-from opid_trl.audit import AnalysisAuditLog
-from opid_trl.skill_extractors import (AnalysisCache, AnalysisParseError, Completion, LLMSkillExtractor,
-                                       OpenAISkillExtractor, RuleBasedSkillExtractor, parse_analysis)
-from opid_trl.skill_extractors import llm as llm_module
+from opid_trl.skills.audit import AnalysisAuditLog
+from opid_trl.skills.extractors import (
+    AnalysisCache,
+    AnalysisParseError,
+    Completion,
+    LLMSkillExtractor,
+    OpenAISkillExtractor,
+    RuleBasedSkillExtractor,
+    parse_analysis,
+)
+from opid_trl.skills.extractors import llm as llm_module
 from opid_trl.testing import free_port
 from opid_trl.trajectory import MAX_EPISODE_SKILL_CHARS, MAX_STEP_SKILL_CHARS, EpisodeSkills
 
@@ -196,7 +203,7 @@ def test_no_key_and_no_url_is_refused_at_construction(monkeypatch, tmp_path):
     assert OpenAISkillExtractor().base_url == "http://127.0.0.1:8000/v1"
     monkeypatch.delenv("OPENAI_BASE_URL")
     # a run file fails validation on it, before any model is loaded
-    from opid_trl.run_config import ConfigError, build_skill_extractor, load_run_config
+    from opid_trl.runs.run_config import ConfigError, build_skill_extractor, load_run_config
 
     run_file = tmp_path / "run.yaml"
     run_file.write_text("model: smollm2-135m-instruct\nskill_extractor: {name: openai}\n")
@@ -312,10 +319,10 @@ def test_rate_limited_with_retry_after_fails_within_the_retry_budget():
 def test_coverage_watch_warns_once_after_patience_and_says_when_skills_are_back(caplog):
     import logging
 
-    from opid_trl.skill_analysis import CoverageWatch
+    from opid_trl.skills.extraction import CoverageWatch
 
     watch = CoverageWatch(min_share=0.5, patience=3)
-    with caplog.at_level(logging.INFO, logger="opid_trl.skill_analysis"):
+    with caplog.at_level(logging.INFO, logger="opid_trl.skills.extraction"):
         for step, rate in enumerate([1.0, 0.9, 0.2, 1.0, 0.8, 0.6, 0.7, 0.9, 0.95]):
             watch.update(rate, step)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -323,7 +330,7 @@ def test_coverage_watch_warns_once_after_patience_and_says_when_skills_are_back(
     assert len(warnings) == 1 and "up to step 5" in warnings[0].getMessage() and "as GRPO" in warnings[0].getMessage()
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
     assert len(infos) == 0  # 0.7, 0.9 and 0.95 are still low: coverage never came back
-    with caplog.at_level(logging.INFO, logger="opid_trl.skill_analysis"):
+    with caplog.at_level(logging.INFO, logger="opid_trl.skills.extraction"):
         watch.update(0.0, 9)
     assert "back at step 9" in caplog.records[-1].getMessage()
 
@@ -341,6 +348,6 @@ def test_a_dead_extractor_is_named_in_the_log_of_a_run(tiny_model_dir, tiny_toke
                           args=tiny_config(tmp_path, max_steps=3, beta=0.0),
                           train_dataset=Dataset.from_list([{"seed": i} for i in range(8)]),
                           skill_extractor=lambda trajectories: [None] * len(trajectories))
-    with caplog.at_level(logging.WARNING, logger="opid_trl.skill_analysis"):
+    with caplog.at_level(logging.WARNING, logger="opid_trl.skills.extraction"):
         trainer.train()
     assert any("OPID is training as GRPO" in r.getMessage() for r in caplog.records)

@@ -17,8 +17,8 @@ HOSTILE = "\ud800 bad\x00 \x1b[31mred\x1b[0m \x7f\x85 end"
 
 def test_clean_text_by_hand():
     assert clean_text(HOSTILE) == "\ufffd bad [31mred[0m  end"
-    assert clean_text("line one\n\ttab \u00e9t\u00e9 \u4e2d\u6587 \U0001f600\r\n") == \
-        "line one\n\ttab \u00e9t\u00e9 \u4e2d\u6587 \U0001f600\r\n"
+    assert clean_text("line one\n\ttab \u00e9t\u00e9 \u4e2d\u6587 \U0001f600\r\n") == (
+        "line one\n\ttab \u00e9t\u00e9 \u4e2d\u6587 \U0001f600\r\n")
     assert clip_skill(HOSTILE, 300) == "\ufffd bad [31mred[0m end"  # every skill passes through it
 
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import train  # noqa: E402
-from opid_trl.run_config import ConfigError, load_run_config  # noqa: E402
+from opid_trl.runs.run_config import ConfigError, load_run_config  # noqa: E402
 
 QUICKSTART = ROOT / "configs" / "quickstart_cpu.yaml"
 OPENAI = ("skill_extractor.name=openai",)
@@ -34,12 +34,12 @@ def refuse_model_loads(monkeypatch):
     import transformers
 
     import opid_trl
-    import opid_trl.embedded
+    import opid_trl.runs.embedded
 
     def refuse(*args, **kwargs):
         raise ModelLoaded("a model was loaded before the configuration was refused")
 
-    monkeypatch.setattr(opid_trl.embedded, "resolve_model", refuse)
+    monkeypatch.setattr(opid_trl.runs.embedded, "resolve_model", refuse)
     monkeypatch.setattr(opid_trl, "OPIDTrainer", refuse)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     monkeypatch.setenv("OPENAI_MODEL", "extractor-under-test")
@@ -189,7 +189,7 @@ def test_model_names_that_are_accepted(capsys, tmp_path):
 
 
 def test_home_relative_model_folder_is_expanded(monkeypatch, tmp_path):
-    from opid_trl.run_config import check_model
+    from opid_trl.runs.run_config import check_model
 
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "model").mkdir()

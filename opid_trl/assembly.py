@@ -1,0 +1,163 @@
+"""What `OPIDTrainer` is built from: the checks made before any model loads, and its parts
+(generation backend, skill stage with its reports, episode runner) built from the config and
+explicit handles, so that the trainer itself only holds the TRL overrides and the stage order.
+`attach_parts` is the one place besides `trainer.py` that reads GRPOTrainer's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opid_trl.checkpoints import CheckpointCompletionCallback
+from opid_trl.config import POLICY_EXTRACTOR_SHARDED, OPIDConfig, sharded_parameters
+from opid_trl.distributed import global_max_count
+from opid_trl.generation.base import GenerationBackend, PolicyHandle, ScoringBackend
+from opid_trl.generation.transformers import TransformersGenerationBackend
+from opid_trl.generation.vllm import SamplingSettings, VLLMColocateBackend, VLLMServerBackend
+from opid_trl.reporting.batch_metrics import BatchMetrics
+from opid_trl.reporting.heatmap_recorder import HeatmapRecorder, HeatmapRenderCallback
+from opid_trl.reporting.skill_batch import SkillBatchReporter, log_heatmap_report
+from opid_trl.reporting.skill_signal_recorder import SkillSignalRecorder
+from opid_trl.rollout.runner import EpisodeRunner
+from opid_trl.rollout.settings import EpisodeSettings, environment_outcome, has_chat_template, resolve_episode_settings
+from opid_trl.skills.audit import AnalysisAuditLog
+from opid_trl.skills.extraction import SkillExtraction
+from opid_trl.skills.extractors import ExtractorContext, PolicySkillExtractor, SkillExtractor
+from opid_trl.skills.stage import ScorePrompts, SkillStage
+
+
+def opid_config(model: Any, args: Any) -> OPIDConfig:
+    """An `OPIDConfig`: the given one, a `GRPOConfig` converted (every field kept; OPID's defaults
+    make it plain GRPO without skills), or a default named after the model."""
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
+        return OPIDConfig(f"{str(name).split('/')[-1]}-OPID")
+    return args if isinstance(args, OPIDConfig) else OPIDConfig.from_grpo_config(args)
+
+
+def check_before_loading(model: Any, processing_class: Any, args: OPIDConfig, has_environment: bool,
+                         extractor: SkillExtractor | None) -> None:
+    """What can be refused before any model loads: episodes need a chat template, and the policy
+    extractor cannot generate under ZeRO-3 / FSDP (see `POLICY_EXTRACTOR_SHARDED`)."""
+    if has_environment and not has_chat_template(model, processing_class):
+        raise ValueError("processing_class: the tokenizer has no chat template, and every step of an episode is "
+                         "rendered as a chat (a user message, then the model's turn); use a chat/instruct model "
+                         "or set tokenizer.chat_template before building the trainer")
+    sharding = sharded_parameters(args.deepspeed, args.fsdp)
+    if isinstance(extractor, PolicySkillExtractor) and sharding:
+        raise ValueError("skill_extractor: " + POLICY_EXTRACTOR_SHARDED.format(sharding=sharding))
+
+
+def environment_reward_funcs(reward_funcs: Any, args: OPIDConfig, has_environment: bool,
+                             trl_kwargs: Mapping[str, Any]) -> Any:
+    """The reward functions GRPOTrainer gets: the user's without an environment; with one, a
+    marker (the episode outcome is the reward). Refuses settings that cannot apply."""
+    if not has_environment:
+        if args.outcome_norm is not None:
+            raise ValueError("outcome_norm: applies to environment episodes; without an environment GRPO's "
+                             "scale_rewards normalizes the rewards (set scale_rewards instead)")
+        if args.outcome_grouping != "trajectory":
+            raise ValueError("outcome_grouping: applies to environment episodes; without an environment every "
+                             "completion is one sample of its group (leave it at 'trajectory')")
+        return reward_funcs
+    if reward_funcs is not None:
+        raise ValueError("reward_funcs: with an environment the episode outcome is the reward; pass reward_funcs=None")
+    if trl_kwargs.get("tools") or trl_kwargs.get("rollout_func") or trl_kwargs.get("environment_factory"):
+        raise ValueError("environment: cannot be combined with TRL's tools / rollout_func / environment_factory")
+    return [environment_outcome]
+
+
+def generation_backend(args: OPIDConfig, policy: PolicyHandle, generation_config: Any,
+                       generation_kwargs: Mapping[str, Any] | None, summon_full_params: Any,
+                       vllm_generation: Any = None) -> GenerationBackend:
+    """transformers `generate` on the policy, or with `use_vllm` the engine / server TRL set up
+    (``vllm_generation``), sampling as the config says."""
+    if not args.use_vllm:
+        return TransformersGenerationBackend(policy, generation_config, args.eval_temperature,
+                                             args.ds3_gather_for_generation, generation_kwargs,
+                                             args.gradient_checkpointing_kwargs, summon_full_params)
+    sampling = SamplingSettings(args.temperature, args.top_p, args.top_k, args.min_p, args.repetition_penalty,
+                                args.max_completion_length, args.eval_temperature, args.generation_kwargs)
+    if args.vllm_mode == "colocate":
+        return VLLMColocateBackend(policy, vllm_generation, sampling)
+    base_url = args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
+    return VLLMServerBackend(policy, vllm_generation, sampling, base_url, args.vllm_server_timeout, args.output_dir)
+
+
+def skill_stage(extractor: SkillExtractor, args: OPIDConfig, policy: PolicyHandle, backend: GenerationBackend,
+                score_prompts: ScorePrompts, metrics: BatchMetrics,
+                callbacks: Callable[[], list[Any]]) -> tuple[SkillStage, SkillBatchReporter, HeatmapRecorder | None]:
+    """The skill stage (extraction, routing, scoring, A_OPID), what reports its batches, and the
+    heatmap recorder (its render callback is the trainer's to add). Binds ``extractor`` to the run."""
+    accelerator, rank = policy.accelerator, policy.accelerator.process_index
+    audit = None
+    if args.log_analyses:
+        audit = AnalysisAuditLog(args.output_dir, rank, use_wandb="wandb" in (args.report_to or []))
+    extraction = SkillExtraction(extractor, args.max_step_skills, args.skill_routing,
+                                 use_step_skills=args.skill_coef_step > 0, overlap=args.overlap_analysis, audit=audit)
+    extractor.bind(ExtractorContext(args.max_step_skills, args.output_dir, rank, policy, backend))
+    coefs = {"episode": args.skill_coef_episode, "step": args.skill_coef_step}
+    stage = SkillStage(extraction, coefs, args.skill_adv_clip, args.skill_adv_normalize, args.max_prompt_length,
+                       score_prompts, backend if isinstance(backend, ScoringBackend) else None,
+                       lambda count: global_max_count(accelerator, count),
+                       lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum"))
+    heatmaps = None
+    if args.heatmap_rows > 0:
+        heatmaps = HeatmapRecorder(args.output_dir, rank, args.heatmap_rows, on_report=lambda step, report:
+                                   log_heatmap_report(report, step, args.report_to or [], callbacks()))
+    tokenizer = policy.tokenizer
+    signal = SkillSignalRecorder(args.output_dir, rank, lambda ids: tokenizer.batch_decode([[t] for t in ids]),
+                                 metrics) if args.skill_signal_diagnostics else None
+    reports = SkillBatchReporter(metrics, extraction, coefs, lambda token: tokenizer.decode([token]), heatmaps, signal,
+                                 accelerator.is_main_process)
+    return stage, reports, heatmaps
+
+
+def episode_runner(env_factory: Callable[[], Any], args: OPIDConfig, tokenize: Callable[[list[str]], list[list[int]]],
+                   tokenizer: Any) -> tuple[EpisodeRunner, EpisodeSettings]:
+    """The episode loop, with the turn budget and history window the environment resolves."""
+    settings = resolve_episode_settings(env_factory, args.max_turns, args.history_length)
+    runner = EpisodeRunner(env_factory=env_factory, tokenize=tokenize,
+                           decode=lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True),
+                           max_turns=settings.max_turns, history_length=settings.history_length,
+                           max_prompt_length=args.max_prompt_length, step_workers=args.env_step_workers,
+                           step_timeout=args.env_step_timeout, record_expert=args.skill_signal_diagnostics)
+    return runner, settings
+
+
+def attach_parts(trainer: Any, args: OPIDConfig, extractor: SkillExtractor | None,
+                 backend: GenerationBackend | None) -> None:
+    """Give a freshly built `OPIDTrainer` its parts, from GRPOTrainer's state: the policy handle
+    (what backends and the policy extractor may read), the generation backend, batch metrics, the
+    skill stage and its reports, and the episode runner. The one place besides the trainer that
+    reads GRPOTrainer's attributes; every part gets explicit handles, never the trainer."""
+    trainer.policy = PolicyHandle(lambda: trainer.model_wrapped, trainer.accelerator, trainer._tokenizer,
+                                  trainer.eos_token_ids, lambda: trainer.state.global_step,
+                                  lambda: trainer.model.training,
+                                  lambda chats: [list(ids) for ids in trainer._tokenize_prompts(chats)[0]],
+                                  trainer.weight_sync)
+    trainer.generation_backend = backend or generation_backend(
+        args, trainer.policy, getattr(trainer, "generation_config", None), getattr(trainer, "generation_kwargs", None),
+        trainer._dist.summon_full_params,
+        getattr(trainer, "vllm_generation", None))
+    if args.skill_logprob_backend == "vllm" and not isinstance(trainer.generation_backend, ScoringBackend):
+        raise ValueError("skill_logprob_backend: 'vllm' needs a generation backend that can score tokens "
+                         f"({type(trainer.generation_backend).__name__} cannot); use 'trainer'")
+    if not any(isinstance(c, CheckpointCompletionCallback) for c in trainer.callback_handler.callbacks):
+        trainer.add_callback(CheckpointCompletionCallback())  # a resume can then tell a torn checkpoint
+    trainer.batch_metrics = BatchMetrics(trainer.accelerator, trainer._metrics)
+    trainer.skill_stage = trainer.skill_reports = None
+    if extractor is not None:
+        trainer.skill_stage, trainer.skill_reports, heatmaps = skill_stage(
+            extractor, args, trainer.policy, trainer.generation_backend,
+            lambda ids, completions, mask: trainer._logps(*trainer._pad(ids, "left"), completions, mask),
+            trainer.batch_metrics, lambda: trainer.callback_handler.callbacks)
+        if heatmaps is not None:
+            trainer.add_callback(HeatmapRenderCallback(heatmaps))
+    trainer._runner = None
+    if trainer.environment_factory is not None:
+        trainer._runner, settings = episode_runner(trainer.environment_factory, args, trainer.policy.tokenize_user_messages,
+                                                   trainer._tokenizer)
+        trainer.max_turns, trainer.history_length = settings.max_turns, settings.history_length
+        trainer.instruction_anchor = settings.instruction_anchor

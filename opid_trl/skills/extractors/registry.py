@@ -1,0 +1,53 @@
+"""The built-in skill extractors by name, so run files and the trainer can name one, and the
+normalisation of whatever the trainer was given (`as_skill_extractor`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opid_trl.skills.extractors.openai_compatible import OpenAISkillExtractor
+from opid_trl.skills.extractors.policy import PolicySkillExtractor
+from opid_trl.skills.extractors.protocol import CallableSkillExtractor, SkillExtractor, SkillExtractorLike
+from opid_trl.skills.extractors.rule_based import RuleBasedSkillExtractor
+from opid_trl.skills.extractors.shuffled import ShuffledSkillExtractor
+
+SKILL_EXTRACTORS: dict[str, type[SkillExtractor]] = {
+    "openai": OpenAISkillExtractor,
+    "self": PolicySkillExtractor,
+    "rule_based": RuleBasedSkillExtractor,
+    "shuffled": ShuffledSkillExtractor,
+}
+
+
+def make_skill_extractor(name: str, **kwargs: Any) -> SkillExtractor:
+    """Build the skill extractor registered as ``name`` ('openai', 'self', 'rule_based', 'shuffled')."""
+    try:
+        cls = SKILL_EXTRACTORS[name]
+    except KeyError:
+        raise ValueError(f"skill_extractor: unknown skill extractor {name!r}; "
+                         f"choose one of {sorted(SKILL_EXTRACTORS)}") from None
+    if cls is ShuffledSkillExtractor:  # the placebo wraps another extractor, built here by name
+        inner = kwargs.pop("inner", "rule_based")
+        if inner == "shuffled":
+            raise ValueError("skill_extractor: 'shuffled' needs another extractor as its inner one")
+        return ShuffledSkillExtractor(make_skill_extractor(inner, **kwargs) if isinstance(inner, str) else inner)
+    return cls(**kwargs)
+
+
+def as_skill_extractor(obj: SkillExtractorLike | None) -> SkillExtractor | None:
+    """Normalise the trainer's ``skill_extractor`` argument to a `SkillExtractor` (or ``None``).
+
+    A name builds the registered extractor, a `SkillExtractor` is returned as is, any other
+    callable is wrapped in `CallableSkillExtractor`.
+    """
+    if obj is None:
+        return None
+    if isinstance(obj, str):
+        return make_skill_extractor(obj)
+    if isinstance(obj, SkillExtractor):
+        return obj
+    if callable(obj):
+        return CallableSkillExtractor(obj)
+    raise TypeError("skill_extractor must be a SkillExtractor, a callable (trajectories -> list of EpisodeSkills "
+                    f"| None) or the name of one ({', '.join(repr(n) for n in sorted(SKILL_EXTRACTORS))}); "
+                    f"got {type(obj).__name__}")

@@ -1,0 +1,175 @@
+"""The skill stage as one object: wait for the skill extractor -> route -> score -> complete A_OPID.
+
+`SkillStage` holds everything the stage needs that does not change between batches (the skill
+extraction with its routing, the skill weights, clip and normalization, how the trainer scores
+prompts); a batch hands it a `SkillRows`, which says how the batch's rows map to trajectory steps
+and how a row's prompt is rendered with a skill. Two builders make a `SkillRows`
+(:mod:`opid_trl.skills.rows`): one for step rows of multi-turn episodes, one for single-turn
+completions, so the stage itself does not know which path it serves.
+
+A_skill is completed in exactly one function, `SkillStage.complete`: right after scoring when the
+old policy's log-probs are already known (engine scoring, or an explicit old-policy pass), else in
+the loss step, whose own forward gives them (the batch then carries the pending
+``*_skill_per_token_logps`` keys).
+
+Shapes: B rows, T completion tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from opid_trl.algorithms.advantages import opid_advantages
+from opid_trl.algorithms.routing import RoutedSkill
+from opid_trl.generation.base import ScoringBackend
+from opid_trl.skills.extraction import ExtractionResult, SkillExtraction
+from opid_trl.skills.scoring import (
+    SKILL_LOGPS_KEYS,
+    RenderSkillPrompt,
+    ScoreRows,
+    SkillScores,
+    TokenizePrompts,
+    engine_old_logps,
+    engine_score_rows,
+    plan_skill_passes,
+    score_skills,
+)
+from opid_trl.trajectory import Trajectory
+
+#: (prompt ids of some rows, completion ids (n, T), completion mask (n, T)) -> the old policy's
+#: log-probs (n, T) of those completions after those prompts, on the trainer.
+ScorePrompts = Callable[[list[list[int]], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EngineRows:
+    """What scoring on the rollout engine needs of a batch (`skill_logprob_backend="vllm"`)."""
+
+    #: Per row: the original prompt's token ids, and the sampled completion's.
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    #: (B, T) the sampler's log-probs (NaN where none), or None.
+    sampling_logps: torch.Tensor | None
+    #: Whether those log-probs are on the untempered scale the engine scores on (then they are l_old).
+    logprobs_are_plain: bool
+
+
+@dataclass
+class SkillRows:
+    """How the skill stage sees one batch's rows."""
+
+    #: The routing of every trajectory (per step) -> the routing of every batch row.
+    routing: Callable[[list[list[RoutedSkill]]], list[RoutedSkill]]
+    #: (row, episode skill, step skill) -> that row's prompt with the skill(s) injected.
+    render: RenderSkillPrompt
+    #: Rendered prompts -> prompt token ids.
+    tokenize: TokenizePrompts
+    #: Row -> what a report shows of it (trajectory id, step, return, success, task type).
+    describe: Callable[[int], dict[str, Any]]
+    #: Row -> its expert label for the skill-signal diagnostic (None: no label / padding row).
+    label: Callable[[int], dict[str, Any] | None] | None = None
+    #: Set to score on the rollout engine instead of the trainer.
+    engine: EngineRows | None = None
+
+
+@dataclass
+class ScoredSkills:
+    """One batch after the stage: the skills, their routing, their scores and what it cost."""
+
+    result: ExtractionResult
+    routed: list[RoutedSkill]
+    scores: SkillScores
+    #: (B, T) the old policy's log-probs when known at scoring time (else the loss step gives them).
+    old_logps: torch.Tensor | None
+    #: Seconds the step waited for the skill extractor after its own passes (0: fully overlapped).
+    wait_seconds: float
+    #: Seconds spent routing and scoring.
+    scoring_seconds: float
+
+
+class SkillStage:
+    """Skills for a batch, from the trajectories to the completed per-token advantage.
+
+    Args:
+        extraction: the skill extractor with its routing (`SkillExtraction`).
+        coefs: skill weight per kind, ``{"episode": lambda_ep, "step": lambda_step}``.
+        clip, normalize: `OPIDConfig.skill_adv_clip` and `skill_adv_normalize`.
+        max_prompt_length: the prompt budget (skill prompts over it are counted, never cut).
+        score_prompts: the old policy's log-probs on the trainer (`ScorePrompts`).
+        scoring_backend: the rollout engine, for rows that carry `EngineRows`.
+        global_max_count: a count's maximum over all processes (every rank runs as many passes).
+        all_reduce_sum: a tensor's sum over all processes (batch z-normalization).
+    """
+
+    def __init__(self, extraction: SkillExtraction, coefs: Mapping[str, float], clip: float | None,
+                 normalize: bool, max_prompt_length: int, score_prompts: ScorePrompts,
+                 scoring_backend: ScoringBackend | None, global_max_count: Callable[[int], int],
+                 all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.extraction = extraction
+        self.coefs = dict(coefs)
+        self.clip = clip
+        self.normalize = normalize
+        self.max_prompt_length = max_prompt_length
+        self.score_prompts = score_prompts
+        self.scoring_backend = scoring_backend
+        self.global_max_count = global_max_count
+        self.all_reduce_sum = all_reduce_sum
+
+    def submit(self, trajectories: list[Trajectory]) -> Future[ExtractionResult]:
+        """Start the skill extractor on a batch's trajectories (in the background when it allows)."""
+        return self.extraction.submit(trajectories)
+
+    def score(self, batch: Mapping[str, torch.Tensor], extraction: Future[ExtractionResult],
+              trajectories: list[Trajectory], rows: SkillRows, global_step: int) -> ScoredSkills:
+        """Wait for the skills, route them to rows, and score every routed row's sampled tokens
+        under its skill prompt (l_skill, NaN on rows not re-scored); l_old too when scoring on the
+        engine (on its own scale, so engine-vs-trainer differences cancel in the shift)."""
+        wait_start = time.perf_counter()
+        result = extraction.result()
+        waited = time.perf_counter() - wait_start
+        start = time.perf_counter()
+        routed = rows.routing(self.extraction.route(global_step, trajectories, result))
+        completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+        passes = plan_skill_passes(routed, self.coefs, self.global_max_count)
+        scores = score_skills(passes, routed, rows.render, rows.tokenize,
+                              self._score_rows(rows, completion_ids, completion_mask),
+                              tuple(completion_ids.shape), self.max_prompt_length)
+        old_logps = batch.get("old_per_token_logps")
+        if rows.engine is not None:
+            engine = rows.engine
+            old_logps = engine_old_logps(self.scoring_backend, engine.prompt_ids, engine.completion_ids,
+                                         engine.sampling_logps if engine.logprobs_are_plain else None,
+                                         scores.scored_rows, tuple(completion_ids.shape), completion_ids.device)
+        return ScoredSkills(result, routed, scores, old_logps, waited, time.perf_counter() - start)
+
+    def _score_rows(self, rows: SkillRows, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> ScoreRows:
+        """`ScoreRows` on the engine when the batch says so, else on the trainer."""
+        if rows.engine is not None:
+            return engine_score_rows(self.scoring_backend, rows.engine.completion_ids, completion_ids.size(1),
+                                     completion_ids.device)
+        return lambda ids, chosen, _real: self.score_prompts(ids, completion_ids[chosen], completion_mask[chosen])
+
+    def complete(self, batch: dict[str, Any], old_logps: torch.Tensor) -> torch.Tensor | None:
+        """A_OPID in place: ``batch["advantages"]`` (B, T) becomes A_ep + lambda * A_skill, from the
+        pending l_skill keys of ``batch`` (removed) and ``old_logps`` (B, T). Returns the weighted
+        skill part added, or None when the batch holds no pending scores."""
+        skill_logps = {kind: batch.pop(key) for kind, key in SKILL_LOGPS_KEYS.items() if key in batch}
+        if not skill_logps:
+            return None
+        batch["advantages"], skill_part = opid_advantages(
+            batch["advantages"], skill_logps, old_logps, batch["completion_mask"], self.coefs,
+            clip=self.clip, normalize=self.normalize, all_reduce_sum=self.all_reduce_sum)
+        return skill_part
+
+
+def pend_scores(batch: dict[str, Any], scores: SkillScores) -> None:
+    """Put a batch's l_skill under the keys `SkillStage.complete` reads (the loss step completes
+    them when the old policy's log-probs are not known yet)."""
+    for kind, logps in scores.logps.items():
+        batch[SKILL_LOGPS_KEYS[kind]] = logps
