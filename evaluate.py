@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from opid_trl.generation.base import ModelGenerationBackend
     from opid_trl.rollout.settings import resolve_episode_settings
     from opid_trl.runs.embedded import resolve_model
-    from opid_trl.runs.evaluation import markdown_table, play, summarize
+    from opid_trl.runs.evaluation import evaluate_split, markdown_table, summarize
 
     try:
         env_name, env_kwargs = args.environment, json.loads(args.env_kwargs)
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                                   eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(args.seed)
     backend = ModelGenerationBackend(model, tokenizer, generation)
-    episodes = play(make_env, tasks, backend, tokenizer, settings.max_turns,
+    episodes = evaluate_split(make_env, tasks, backend, tokenizer, settings.max_turns,
                     settings.history_length, args.max_prompt_length, args.batch_size, progress=not args.no_progress)
     results = summarize(episodes)
     table = markdown_table(results, Path(args.model).name or args.model)

@@ -78,14 +78,14 @@ def measure_point(model_dir: str, backend: str, point: dict[str, int], steps: in
         trainer = OPIDTrainer(model=model_dir, args=config, train_dataset=tasks,
                               environment=padded_fetch(point["prompt_words"]), skill_extractor="rule_based")
         prompt_tokens: list[int] = []
-        original = trainer._runner.run
+        original = trainer._runner.play
 
         def run(*args, **kwargs):
             episodes = original(*args, **kwargs)
             prompt_tokens.extend(len(ids) for ep in episodes for ids in ep.prompt_ids)
             return episodes
 
-        trainer._runner.run = run
+        trainer._runner.play = run
         trainer.train()
         logs = [h for h in trainer.state.log_history if "loss" in h]
         trainer.accelerator.end_training()

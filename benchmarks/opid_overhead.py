@@ -90,13 +90,14 @@ def run_workload(model_dir: str, out: str, episodes: int, turns: int, tokens: in
     clock = AlternateGRPOAndOPID(trainer)
     trainer.add_callback(clock)
     forward_seconds: list[float] = []
-    original_add = trainer._add_skills
+    original_add = trainer.skill_stage.add
 
     def add_skills(*args, **kwargs):
-        original_add(*args, **kwargs)
+        scored = original_add(*args, **kwargs)
         forward_seconds.append(trainer.skill_forward_seconds)
+        return scored
 
-    trainer._add_skills = add_skills
+    trainer.skill_stage.add = add_skills
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h][2:]  # drop one warm-up step of each
     times = clock.times[2:]

@@ -89,7 +89,7 @@ def run_rollout_case(args: argparse.Namespace, case: str) -> dict:
             tasks = [{"seed": 1000 * repeat + i // 4} for i in range(args.episodes)]
             start = time.perf_counter()
             with backend.session():
-                episodes = runner.run(tasks, [i // 4 for i in range(args.episodes)],
+                episodes = runner.play(tasks, [i // 4 for i in range(args.episodes)],
                                       [f"{repeat}-{i}" for i in range(args.episodes)], backend,
                                       asynchronous=case == "server_async")
             elapsed = time.perf_counter() - start

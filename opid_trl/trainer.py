@@ -18,7 +18,6 @@ and the stage order of a batch (`_rollout_and_score`, each stage one call, each 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -28,22 +27,19 @@ from trl.trainer.utils import use_adapter
 from opid_trl import assembly
 from opid_trl.checkpoints import resolve_resume_checkpoint
 from opid_trl.config import OPIDConfig
-from opid_trl.distributed import global_sum
 from opid_trl.generation.base import GenerationBackend, SyncState
 from opid_trl.generation.vllm_cpu import engine_setup
 from opid_trl.loss.chunked import SPLITTABLE_KEYS, backward_without_sync, check_finite, chunked_loss
-from opid_trl.loss.old_policy import ImportanceCorrection, old_logps_needed_first, policy_passes
+from opid_trl.loss.inputs import ImportanceCorrection, finalize, old_logps_needed_first, policy_passes
 from opid_trl.loss.random_state import uses_dropout
 from opid_trl.reporting.batch_metrics import log_step_completions
 from opid_trl.rollout import step_rows
 from opid_trl.rollout.episode import Episode
 from opid_trl.rollout.settings import EnvironmentSpec, resolve_environment
-from opid_trl.skills import rows as skill_rows
-from opid_trl.skills.extraction import ExtractionResult
+from opid_trl.skills import single_turn
 from opid_trl.skills.extractors import SkillExtractorLike, as_skill_extractor
+from opid_trl.skills.rows import step_skill_rows
 from opid_trl.skills.scoring import SKILL_LOGPS_KEYS
-from opid_trl.skills.stage import SkillRows, pend_scores
-from opid_trl.trajectory import Trajectory
 
 
 class OPIDTrainer(GRPOTrainer):
@@ -187,31 +183,33 @@ class OPIDTrainer(GRPOTrainer):
 
     # ============================================================== the multi-turn data path
     def _rollout_and_score(self, inputs) -> step_rows.OPIDBatch:
-        """Stages in order, each timed (``time/<stage>``): rollout -> skill extraction starts (in
-        the background) -> A_ep and step rows -> policy passes -> skills (route, score, A_OPID)."""
+        """The stages in order, each one call: rollout (timed) -> skill extraction starts, in the
+        background -> step rows with A_ep -> policy passes -> skill stage (timed) -> loss inputs."""
         args, mode = self.args, "train" if self.model.training else "eval"
         with self.batch_metrics.timed(mode, "time/rollout"):
             episodes = self._play_episodes(inputs, mode)
         trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
         extraction = self.skill_stage.submit(trajectories) if self._skills_active(mode) else None
-        outcomes = self._episode_outcomes(episodes)
-        self.batch_metrics.outcome_groups(mode, *map(list, zip(*outcomes.played)) if outcomes.played else ([], [], []))
-        step = step_rows.build_step_batch(episodes, outcomes.step_advantages, self.accelerator,
-                                          self._tokenizer.pad_token_id, args.steps_per_generation if mode == "train" else 1,
-                                          self.eos_token_ids if self.mask_truncated_completions else None)
-        batch = step.batch
-        self._policy_passes(mode, batch, step.sampling_logps, extraction is not None)
+        step = step_rows.build_step_batch(
+            episodes, step_rows.OutcomeSettings(args.invalid_action_penalty, args.episode_outcome_norm,
+                                                args.outcome_grouping), self.accelerator, self._tokenizer.pad_token_id,
+            args.steps_per_generation if mode == "train" else 1,
+            self.eos_token_ids if self.mask_truncated_completions else None)
+        batch, rows = step.batch, None
         if extraction is not None:
-            engine = skill_rows.engine_rows(step, self.generation_backend) if args.skill_logprob_backend == "vllm" else None
-            rows = skill_rows.step_skill_rows(episodes, step.rows, self.policy.tokenize_user_messages, engine,
+            engine = self.generation_backend if args.skill_logprob_backend == "vllm" else None
+            rows = step_skill_rows(episodes, step, self.policy.tokenize_user_messages, engine,
                                    with_labels=args.skill_signal_diagnostics)
-            self._add_skills(mode, batch, extraction, trajectories, rows)
-        masked = step_rows.finalize(batch, self.accelerator)
-        self.batch_metrics.log(mode, "numerics/masked_rows", global_sum(self.accelerator, [masked])[0])
-        self.batch_metrics.episodes(mode, episodes, step.rows.num_real, self._runner)
+        policy_passes(batch, step.sampling_logps, **self._policy_pass_settings(mode, extraction is not None))
+        if extraction is not None:
+            with self.batch_metrics.timed(mode, "time/skill_scoring"):
+                scored = self.skill_stage.add(batch, extraction, trajectories, rows, self.state.global_step)
+                self.skill_reports.batch(mode, self.state.global_step, batch, scored, rows, len(trajectories))
+        masked = finalize(batch, self.accelerator)
+        self.batch_metrics.step_batch(mode, step, episodes, self._runner, masked)
         if args.log_completions:
             log_step_completions(self._logs, self.reward_func_names[0], self._tokenizer, episodes, step.rows,
-                                 outcomes.step_advantages)
+                                 step.outcomes.step_advantages)
         return batch
 
     def _play_episodes(self, inputs, mode: str) -> list[Episode]:
@@ -221,40 +219,21 @@ class OPIDTrainer(GRPOTrainer):
         group_ids = [(offset + i) // num_generations for i in range(len(inputs))]
         trajectory_ids = [self._trajectory_id(offset + i) for i in range(len(inputs))]
         with self.generation_backend.session():
-            return self._runner.run(inputs, group_ids, trajectory_ids, self.generation_backend,
-                                    asynchronous=self.args.async_episodes)
+            return self._runner.play(inputs, group_ids, trajectory_ids, self.generation_backend,
+                                     asynchronous=self.args.async_episodes)
 
-    def _episode_outcomes(self, episodes: list[Episode]) -> step_rows.EpisodeOutcomes:
-        """A_ep of this process's episodes (`rollout.step_rows.episode_outcomes`) with the run's settings."""
-        return step_rows.episode_outcomes(episodes, self.accelerator, self.args.invalid_action_penalty,
-                                          self.args.episode_outcome_norm, self.args.outcome_grouping)
-
-    def _policy_passes(self, mode: str, batch: step_rows.OPIDBatch, sampling_logps: torch.Tensor | None,
-                       skills_active: bool) -> None:
-        """The no-grad passes before the loss step (`loss.old_policy.policy_passes`)."""
-        correction = ImportanceCorrection(self.vllm_importance_sampling_mode, self.vllm_importance_sampling_clip_min,
-                                          self.vllm_importance_sampling_clip_max)
-        policy_passes(mode, batch, sampling_logps, aligned=self._aligned,
-                      skills_need_old=self._needs_explicit_old_pass(skills_active), logps=self._logps,
-                      reference_logps=self._reference_logps if self.beta != 0.0 else None,
-                      correction=correction if self.use_vllm and self.vllm_importance_sampling_correction else None,
-                      metrics=self.batch_metrics)
+    def _policy_pass_settings(self, mode: str, skills_active: bool) -> dict[str, Any]:
+        """What `loss.inputs.policy_passes` needs of this run: which passes, and how to run them."""
+        correction = None
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            correction = ImportanceCorrection(self.vllm_importance_sampling_mode,
+                                              self.vllm_importance_sampling_clip_min,
+                                              self.vllm_importance_sampling_clip_max)
+        return {"aligned": self._aligned, "skills_need_old": self._needs_explicit_old_pass(skills_active),
+                "logps": self._logps, "reference_logps": self._reference_logps if self.beta != 0.0 else None,
+                "correction": correction, "timed": lambda name: self.batch_metrics.timed(mode, name)}
 
     # ============================================================== the skill stage
-    def _add_skills(self, mode: str, batch: step_rows.OPIDBatch, extraction: Future[ExtractionResult],
-                    trajectories: list[Trajectory], rows: SkillRows) -> None:
-        """Score the batch's skills, report them, and complete A_OPID now when l_old is known
-        (engine scoring, or an explicit old-policy pass); else the loss step completes it."""
-        with self.batch_metrics.timed(mode, "time/skill_scoring"):
-            scored = self.skill_stage.score(batch, extraction, trajectories, rows, self.state.global_step)
-            self.skill_reports.scored(mode, self.state.global_step, batch, scored, rows, len(trajectories))
-            pend_scores(batch, scored.scores)
-            if scored.old_logps is not None:
-                outcome = batch["advantages"]
-                skill_part = self._complete_skill_advantages(batch, scored.old_logps)
-                if mode == "train":
-                    self.skill_reports.skill_signal(self.state.global_step, batch, scored, rows, outcome, skill_part)
-
     def _complete_skill_advantages(self, batch: step_rows.OPIDBatch, old_logps: torch.Tensor) -> torch.Tensor | None:
         """A_OPID of ``batch`` in place (`SkillStage.complete`), and its reports; returns the
         weighted skill part added (None without pending scores)."""
@@ -265,36 +244,33 @@ class OPIDTrainer(GRPOTrainer):
         return skill_part
 
     def _needs_explicit_old_pass(self, skills_active: bool) -> bool:
-        """Whether skills need l_old before the loss step (`loss.old_policy.old_logps_needed_first`)."""
+        """Whether skills need l_old before the loss step (`loss.inputs.old_logps_needed_first`)."""
         return skills_active and old_logps_needed_first(self.args, self._aligned)
 
     # ============================================================== the single-turn (drop-in) path
     def _score_single_turn(self, inputs):
         """GRPO's batch; with skills active, each completion becomes a one-step trajectory whose
-        skill is injected into its prompt's text, and A_OPID is added per token."""
+        skill is injected into its prompt's text (`skills.single_turn`), and A_OPID is added per token."""
         mode = "train" if self.model.training else "eval"
         output = super()._generate_and_score_completions(inputs)
         if not self._skills_active(mode):
             return output
-        prompts = [x["prompt"] for x in inputs]
-        texts = skill_rows.single_turn_prompt_texts(prompts)
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        completions = self._tokenizer.batch_decode(step_rows.unpadded(completion_ids, completion_mask),
-                                                   skip_special_tokens=True)
-        first = self.accelerator.process_index * len(completions)  # this process's rows of the gathered rewards
-        trajectories = skill_rows.single_turn_trajectories(
-            texts, completions, self._last_rewards[first : first + len(completions)].tolist(), first,
-            self._trajectory_id, self.num_generations, self.args.success_threshold, self.args.analysis_gamma)
+        first, count = self.accelerator.process_index * completion_ids.size(0), completion_ids.size(0)
+        trajectories, rows = single_turn.skill_inputs(
+            [x["prompt"] for x in inputs], output, self._last_rewards[first : first + count].tolist(), first,
+            self._trajectory_id, self.num_generations, self.args.success_threshold, self.args.analysis_gamma,
+            lambda ids: self._tokenizer.batch_decode(ids, skip_special_tokens=True), self.policy.tokenize_prompts,
+            self.generation_backend if self.args.skill_logprob_backend == "vllm" else None)
         extraction = self.skill_stage.submit(trajectories)
         if output.get("old_per_token_logps") is None and self._needs_explicit_old_pass(True):
             with self.batch_metrics.timed(mode, "time/old_policy"):
                 output["old_per_token_logps"] = self._logps(output["prompt_ids"], output["prompt_mask"],
                                                             completion_ids, completion_mask)
-        on_engine = self.args.skill_logprob_backend == "vllm"
-        engine = skill_rows.engine_rows(output, self.generation_backend) if on_engine else None
         output["advantages"] = output["advantages"].unsqueeze(1).expand_as(completion_mask).clone()
-        rows = skill_rows.single_turn_skill_rows(prompts, texts, trajectories, self.policy.tokenize_prompts, engine)
-        self._add_skills(mode, output, extraction, trajectories, rows)
+        with self.batch_metrics.timed(mode, "time/skill_scoring"):
+            scored = self.skill_stage.add(output, extraction, trajectories, rows, self.state.global_step)
+            self.skill_reports.batch(mode, self.state.global_step, output, scored, rows, len(trajectories))
         return output
 
     # ============================================================== helpers

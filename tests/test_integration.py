@@ -153,6 +153,7 @@ def test_scale_rewards_normalizes_episode_outcomes(tiny_model_dir, tiny_tokenize
     trainer = OPIDTrainer(model=tiny_model_dir, args=tiny_config(tmp_path, scale_rewards="none"),
                           train_dataset=tasks(), processing_class=tiny_tokenizer, environment="fetch")
     from opid_trl.rollout.episode import Episode
+    from opid_trl.rollout.step_rows import OutcomeSettings, episode_outcomes
     from opid_trl.trajectory import StepRecord
 
     episodes = []
@@ -161,7 +162,9 @@ def test_scale_rewards_normalizes_episode_outcomes(tiny_model_dir, tiny_tokenize
         ep.steps = [StepRecord(index=0, observation="", response="", reward=reward)]
         episodes.append(ep)
     # scale_rewards='none': R - group mean (mean 3), no division by the std
-    assert trainer._episode_outcomes(episodes).step_advantages == [[7.0], [-3.0], [-3.0], [-1.0]]
+    args = trainer.args
+    outcome = OutcomeSettings(args.invalid_action_penalty, args.episode_outcome_norm, args.outcome_grouping)
+    assert episode_outcomes(episodes, trainer.accelerator, outcome).step_advantages == [[7.0], [-3.0], [-3.0], [-1.0]]
 
 
 def test_critical_steps_fall_back_to_the_episode_skill_without_step_weight(tiny_model_dir, tiny_tokenizer, tmp_path):

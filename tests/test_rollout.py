@@ -71,7 +71,7 @@ def test_one_generation_call_per_turn_for_all_active_episodes():
     runner = make_runner()
     backend = ExpertBackend(runner)
     tasks = [make_fetch_task(s) for s in range(6)]
-    episodes = runner.run(tasks, [0, 0, 1, 1, 2, 2], [str(i) for i in range(6)], backend)
+    episodes = runner.play(tasks, [0, 0, 1, 1, 2, 2], [str(i) for i in range(6)], backend)
     lengths = [len(ep.steps) for ep in episodes]
     assert all(ep.won for ep in episodes)
     assert lengths == [t["target_room"] + 1 for t in tasks]
@@ -104,7 +104,7 @@ class ValidBackend:
 
 def test_environment_exceptions_end_episodes_not_the_run():
     runner = make_runner(Exploding)
-    episodes = runner.run([{"fail": "reset"}, {}], [0, 0], ["a", "b"], ValidBackend())
+    episodes = runner.play([{"fail": "reset"}, {}], [0, 0], ["a", "b"], ValidBackend())
     assert episodes[0].error.startswith("reset") and episodes[0].steps == []
     assert episodes[1].error.startswith("step 0") and len(episodes[1].steps) == 1
     assert runner.env_errors == 2
@@ -141,8 +141,8 @@ def test_asynchronous_episodes_give_the_same_rows():
     tasks = [make_fetch_task(s) for s in range(6)]
     groups, ids = [0, 0, 1, 1, 2, 2], [str(i) for i in range(6)]
     sync_backend, async_backend = PromptReadingBackend(), PromptReadingBackend()
-    synchronous = make_runner(FetchEnvironment).run(tasks, groups, ids, sync_backend)
-    asynchronous = make_runner(FetchEnvironment).run(tasks, groups, ids, async_backend, asynchronous=True)
+    synchronous = make_runner(FetchEnvironment).play(tasks, groups, ids, sync_backend)
+    asynchronous = make_runner(FetchEnvironment).play(tasks, groups, ids, async_backend, asynchronous=True)
     for a, b in zip(synchronous, asynchronous):
         assert a.prompt_ids == b.prompt_ids and a.completion_ids == b.completion_ids
         assert [s.reward for s in a.steps] == [s.reward for s in b.steps] and a.won == b.won
@@ -154,7 +154,7 @@ def test_asynchronous_episodes_give_the_same_rows():
 
 def test_asynchronous_episodes_need_a_thread_safe_backend():
     with pytest.raises(ValueError, match="async_episodes"):
-        make_runner().run([make_fetch_task(0)], [0], ["0"], ValidBackend(), asynchronous=True)
+        make_runner().play([make_fetch_task(0)], [0], ["0"], ValidBackend(), asynchronous=True)
 
 
 class AnswerBackend:
@@ -176,7 +176,7 @@ def test_history_shows_what_the_environment_says_was_played():
     answer = "  I would rather walk east  "
     for parsing, expected in (("reference", answer.lower()[-30:]), ("strict", answer.strip())):
         runner = make_runner(factory=lambda: FetchEnvironment(action_parsing=parsing), max_turns=2)
-        (episode,) = runner.run([make_fetch_task(0)], [0], ["0"], AnswerBackend(answer))
+        (episode,) = runner.play([make_fetch_task(0)], [0], ["0"], AnswerBackend(answer))
         assert not episode.steps[0].action_valid
         assert episode.history[0].action == expected, parsing
         assert episode.history_windows == [2, 2]

@@ -62,9 +62,9 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
 
     trainer.model.eval()
     # Outside a session nothing is synced: the engine still holds the weights of the last rollout.
-    before = runner.run(tasks, [0] * num_tasks, [f"b{i}" for i in range(num_tasks)], backend)
+    before = runner.play(tasks, [0] * num_tasks, [f"b{i}" for i in range(num_tasks)], backend)
     with backend.session():  # global_step moved since the last rollout: this syncs
-        after = runner.run(tasks, [0] * num_tasks, [f"a{i}" for i in range(num_tasks)], backend)
+        after = runner.play(tasks, [0] * num_tasks, [f"a{i}" for i in range(num_tasks)], backend)
         rows = [(ep, t) for ep in after for t in range(len(ep.steps))]
         prompts = [ep.prompt_ids[t] for ep, t in rows]
         completions = [ep.completion_ids[t] for ep, t in rows]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from opid_trl.rollout.episode import Episode
     from opid_trl.rollout.runner import EpisodeRunner
-    from opid_trl.rollout.step_rows import StepRows
+    from opid_trl.rollout.step_rows import StepBatch, StepRows
     from opid_trl.skills.scoring import SkillScores
 
 
@@ -50,6 +50,18 @@ class BatchMetrics:
             yield
         finally:
             self.log(mode, name, time.perf_counter() - start)
+
+    def step_batch(self, mode: str, step: StepBatch, episodes: Sequence[Episode], runner: EpisodeRunner,
+                   masked_rows: int) -> None:
+        """Everything a step batch reports once the loss inputs are final: outcome groups, the
+        sampler-vs-trainer gap (when the importance correction ran), episodes, masked rows."""
+        played = step.outcomes.played
+        self.outcome_groups(mode, [p[0] for p in played], [p[1] for p in played], [p[2] for p in played])
+        batch = step.batch
+        if step.sampling_logps is not None and "importance_sampling_ratio" in batch:
+            self.sampler_gap(mode, batch["old_per_token_logps"], step.sampling_logps, batch["completion_mask"])
+        self.log(mode, "numerics/masked_rows", global_sum(self.accelerator, [masked_rows])[0])
+        self.episodes(mode, episodes, step.rows.num_real, runner)
 
     def sampler_gap(self, mode: str, trainer_logps: torch.Tensor, sampler_logps: torch.Tensor,
                     mask: torch.Tensor) -> None:

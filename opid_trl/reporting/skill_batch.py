@@ -53,6 +53,17 @@ class SkillBatchReporter:
         self.coverage = CoverageWatch()
         self.is_main_process = is_main_process
 
+    def batch(self, mode: str, global_step: int, batch: dict[str, Any], scored: ScoredSkills, rows: SkillRows,
+              num_trajectories: int) -> None:
+        """Everything a batch through `SkillStage.add` reports: its metrics, heatmap records (and the
+        skill advantage's metrics and the skill-signal records, when A_OPID was completed there)."""
+        self.scored(mode, global_step, batch, scored, rows, num_trajectories)
+        if scored.old_logps is not None:
+            if scored.skill_part is not None:
+                self.metrics.skill_advantage(mode, scored.skill_part, scored.outcome, batch["completion_mask"])
+            if mode == "train":
+                self.skill_signal(global_step, batch, scored, rows, scored.outcome, scored.skill_part)
+
     def scored(self, mode: str, global_step: int, batch: dict[str, Any], scored: ScoredSkills, rows: SkillRows,
                num_trajectories: int) -> None:
         """Metrics of a scored batch, and its heatmap records (finished now when l_old is known,
@@ -103,7 +114,7 @@ class SkillBatchReporter:
             "global_step": global_step, **rows.describe(i),
             "prompt": prompt_text(render(i, None, None)),
             "tokens": [self.decode_token(token) for token in batch["completion_ids"][i, :length].tolist()],
-            "outcome_advantage": float(batch["advantages"][i, 0]),
+            "outcome_advantage": float((scored.outcome if scored.outcome is not None else batch["advantages"])[i, 0]),
             "episode_skill": routed.episode_skill, "step_skill": routed.step_skill,
             "episode_skill_prompt": prompt_text(render(i, routed.episode_skill, None)) if routed.episode_skill else None,
             "step_skill_prompt": prompt_text(render(i, None, routed.step_skill)) if routed.step_skill else None,

@@ -107,7 +107,7 @@ class EpisodeRunner:
         with self._lock:
             self._pool = [e for e in self._pool if e is not env]
 
-    def run(
+    def play(
         self,
         tasks: Sequence[Mapping[str, Any]],
         group_ids: Sequence[int],

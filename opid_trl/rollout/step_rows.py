@@ -13,7 +13,6 @@ one call that turns a rollout's episodes into that batch.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,8 +25,6 @@ from trl.trainer.utils import pad
 from opid_trl.algorithms.advantages import episode_step_advantages
 from opid_trl.distributed import global_max_count
 from opid_trl.rollout.episode import Episode
-
-logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -150,71 +147,15 @@ def per_row(values: Sequence[Sequence[float]], rows: StepRows, device: torch.dev
     return torch.tensor(flat, dtype=torch.float32, device=device)
 
 
-#: Per-token batch entries whose non-finite values would reach the loss.
-_CHECKED_KEYS = ("advantages", "old_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio")
+@dataclass(frozen=True)
+class OutcomeSettings:
+    """How episode returns become A_ep (`OPIDConfig`'s fields of the same meaning)."""
 
-
-def finalize(batch: OPIDBatch, accelerator: Accelerator) -> int:
-    """The batch as the loss takes it: rows holding a non-finite value masked out (`mask_nonfinite_rows`,
-    with a warning), and ``num_items_in_batch`` set (completion tokens over every process). Returns
-    how many rows were masked here."""
-    masked = mask_nonfinite_rows(batch)
-    if masked:
-        logger.warning("%d step rows hold non-finite advantages or log-probs; masked out of the loss", masked)
-    batch["num_items_in_batch"] = accelerator.gather(batch["completion_mask"].sum()).sum()
-    return masked
-
-
-def mask_nonfinite_rows(batch: OPIDBatch) -> int:
-    """Mask out of the loss every row holding a NaN/inf on its sampled tokens (advantage, old or
-    reference log-prob, importance weight); those entries are set to 0 so that no NaN reaches the
-    optimizer even through a zero weight. Returns how many rows were masked."""
-    mask = batch["completion_mask"].bool()
-    bad = torch.zeros(mask.size(0), dtype=torch.bool, device=mask.device)
-    for key in _CHECKED_KEYS:
-        values = batch.get(key)
-        if values is not None and values.dim() == 2:
-            bad |= (~torch.isfinite(values) & mask).any(dim=1)
-    if bad.any():
-        batch["completion_mask"] = batch["completion_mask"] * (~bad).to(batch["completion_mask"].dtype).unsqueeze(1)
-        for key in _CHECKED_KEYS:
-            values = batch.get(key)
-            if values is not None and values.dim() == 2:
-                batch[key] = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    return int(bad.sum())
-
-
-@dataclass
-class StepBatch:
-    """A rollout's episodes as training rows: the typed batch and where each row came from."""
-
-    batch: OPIDBatch
-    rows: StepRows
-    #: (B, T) the sampler's log-probs of every row's tokens (NaN where none), or None when any row
-    #: of any process has none (agreed across processes, so every rank takes the same branch).
-    sampling_logps: torch.Tensor | None
-
-
-def build_step_batch(episodes: Sequence[Episode], step_advantages: Sequence[Sequence[float]],
-                     accelerator: Accelerator, pad_token_id: int, steps_per_generation: int,
-                     eos_token_ids: Sequence[int] | None = None) -> StepBatch:
-    """One padded row per step of ``episodes``, the same number of rows on every process (a
-    multiple of ``steps_per_generation``), with A_ep (``step_advantages[e][t]``) on every token of
-    its row. ``eos_token_ids``: mask rows that never produced EOS (TRL's `mask_truncated_completions`)."""
-    device = accelerator.device
-    steps = sum(len(ep.steps) for ep in episodes)
-    rows = collect_step_rows(episodes, padded_row_count(global_max_count(accelerator, steps), steps_per_generation),
-                             pad_token_id)
-    prompt_ids, prompt_mask, completion_ids, completion_mask = row_tensors(rows, pad_token_id, device, eos_token_ids)
-    advantages = per_row(step_advantages, rows, device)
-    batch = OPIDBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                      completion_mask=completion_mask,
-                      advantages=advantages.unsqueeze(1).expand_as(completion_mask).clone())
-    local = [episodes[e].sampling_logps[t] for e, t in rows.locations]
-    sampling_logps = None
-    if all(gather_object([all(lp is not None for lp in local)])):
-        sampling_logps = ragged_rows(local, len(rows), completion_ids.size(1), float("nan"), device)
-    return StepBatch(batch, rows, sampling_logps)
+    invalid_action_penalty: float
+    #: `OPIDConfig.episode_outcome_norm`: the group statistics ('mean_std_norm', 'mean_norm', ...).
+    norm: str
+    #: `OPIDConfig.outcome_grouping`: 'trajectory' (the paper) or 'step' (the reference code).
+    grouping: str
 
 
 @dataclass
@@ -228,20 +169,52 @@ class EpisodeOutcomes:
     played: list[tuple[int, list[float], float]]
 
 
-def episode_outcomes(episodes: Sequence[Episode], accelerator: Accelerator, invalid_action_penalty: float,
-                     norm: str, grouping: str) -> EpisodeOutcomes:
+def episode_outcomes(episodes: Sequence[Episode], accelerator: Accelerator, outcome: OutcomeSettings) -> EpisodeOutcomes:
     """A_ep of every step of this process's episodes, from groups that may span processes (every
     process's episodes are gathered, the statistics computed on all, this process's part kept)."""
     summaries = gather_object([(ep.group_id, ep.env_return, [not s.action_valid for s in ep.steps], ep.failed)
                                for ep in episodes])
     first = sum(gather_object([len(episodes)])[: accelerator.process_index])
     advantages = episode_step_advantages([s[1] for s in summaries], [s[0] for s in summaries],
-                                         [s[2] for s in summaries], invalid_action_penalty, norm, grouping,
+                                         [s[2] for s in summaries], outcome.invalid_action_penalty, outcome.norm,
+                                         outcome.grouping,
                                          failed=[s[3] for s in summaries])
     played = [(s[0], a, s[1]) for s, a in zip(summaries, advantages) if not s[3] and s[2]]
     return EpisodeOutcomes(advantages[first : first + len(episodes)], played)
 
 
-def unpadded(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """Each row's tokens where ``mask`` (B, T) is set, padding removed, as lists."""
-    return [row[m.bool()].tolist() for row, m in zip(ids.cpu(), mask.cpu())]
+@dataclass
+class StepBatch:
+    """A rollout's episodes as training rows: the typed batch and where each row came from."""
+
+    batch: OPIDBatch
+    rows: StepRows
+    #: (B, T) the sampler's log-probs of every row's tokens (NaN where none), or None when any row
+    #: of any process has none (agreed across processes, so every rank takes the same branch).
+    sampling_logps: torch.Tensor | None
+    #: A_ep of every step, and what the outcome metrics need (`episode_outcomes`).
+    outcomes: EpisodeOutcomes
+
+
+def build_step_batch(episodes: Sequence[Episode], outcome: OutcomeSettings, accelerator: Accelerator,
+                     pad_token_id: int, steps_per_generation: int,
+                     eos_token_ids: Sequence[int] | None = None) -> StepBatch:
+    """One padded row per step of ``episodes``, the same number of rows on every process (a
+    multiple of ``steps_per_generation``), with A_ep (`episode_outcomes`) on every token of its
+    row. ``eos_token_ids``: mask rows that never produced EOS (TRL's `mask_truncated_completions`)."""
+    outcomes = episode_outcomes(episodes, accelerator, outcome)
+    step_advantages = outcomes.step_advantages
+    device = accelerator.device
+    steps = sum(len(ep.steps) for ep in episodes)
+    rows = collect_step_rows(episodes, padded_row_count(global_max_count(accelerator, steps), steps_per_generation),
+                             pad_token_id)
+    prompt_ids, prompt_mask, completion_ids, completion_mask = row_tensors(rows, pad_token_id, device, eos_token_ids)
+    advantages = per_row(step_advantages, rows, device)
+    batch = OPIDBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                      completion_mask=completion_mask,
+                      advantages=advantages.unsqueeze(1).expand_as(completion_mask).clone())
+    local = [episodes[e].sampling_logps[t] for e, t in rows.locations]
+    sampling_logps = None
+    if all(gather_object([all(lp is not None for lp in local)])):
+        sampling_logps = ragged_rows(local, len(rows), completion_ids.size(1), float("nan"), device)
+    return StepBatch(batch, rows, sampling_logps, outcomes)

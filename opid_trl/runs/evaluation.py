@@ -29,7 +29,7 @@ def chat_tokenizer(tokenizer) -> Callable[[list[str]], list[list[int]]]:
     return tokenize
 
 
-def play(env_factory: Callable[[], AgentEnvironment], tasks: Sequence[Mapping[str, Any]], backend, tokenizer,
+def evaluate_split(env_factory: Callable[[], AgentEnvironment], tasks: Sequence[Mapping[str, Any]], backend, tokenizer,
          max_turns: int, history_length: int, max_prompt_length: int, batch_size: int = 32,
          progress: bool = False) -> list[Episode]:
     """Play every task once, ``batch_size`` episodes at a time.
@@ -48,7 +48,7 @@ def play(env_factory: Callable[[], AgentEnvironment], tasks: Sequence[Mapping[st
             batch = [tasks[i] for i in range(start, min(start + batch_size, len(tasks)))]
             ids = [str(start + i) for i in range(len(batch))]
             with backend.session():
-                episodes += runner.run(batch, list(range(start, start + len(batch))), ids, backend)
+                episodes += runner.play(batch, list(range(start, start + len(batch))), ids, backend)
             bar.update(len(batch))
             bar.set_postfix(success=f"{sum(ep.won for ep in episodes) / len(episodes):.1%}")
     return episodes

@@ -91,6 +91,10 @@ class ScoredSkills:
     wait_seconds: float
     #: Seconds spent routing and scoring.
     scoring_seconds: float
+    #: (B, T) A_ep as it was before the skill term (what reports show as the outcome advantage).
+    outcome: torch.Tensor | None = None
+    #: (B, T) the weighted skill term added, once A_OPID is complete (None: the loss step completes it).
+    skill_part: torch.Tensor | None = None
 
 
 class SkillStage:
@@ -124,6 +128,18 @@ class SkillStage:
     def submit(self, trajectories: list[Trajectory]) -> Future[ExtractionResult]:
         """Start the skill extractor on a batch's trajectories (in the background when it allows)."""
         return self.extraction.submit(trajectories)
+
+    def add(self, batch: dict[str, Any], extraction: Future[ExtractionResult], trajectories: list[Trajectory],
+            rows: SkillRows, global_step: int) -> ScoredSkills:
+        """The stage on one batch: score (`score`), leave l_skill pending in ``batch``, and complete
+        A_OPID right away when the old policy's log-probs are already known (`complete`); else the
+        loss step completes it from its own forward."""
+        scored = self.score(batch, extraction, trajectories, rows, global_step)
+        scored.outcome = batch["advantages"]
+        pend_scores(batch, scored.scores)
+        if scored.old_logps is not None:
+            scored.skill_part = self.complete(batch, scored.old_logps)
+        return scored
 
     def score(self, batch: Mapping[str, torch.Tensor], extraction: Future[ExtractionResult],
               trajectories: list[Trajectory], rows: SkillRows, global_step: int) -> ScoredSkills:

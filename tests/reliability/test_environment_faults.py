@@ -13,9 +13,10 @@ import torch
 from environments import FetchEnvironment, make_fetch_task
 from environments.base import HistoryEntry, PromptView
 from opid_trl.algorithms.advantages import episode_step_advantages
+from opid_trl.loss.inputs import mask_nonfinite_rows
 from opid_trl.rollout.prompt_budget import CUT_MARKER, fit_prompts
 from opid_trl.rollout.runner import EpisodeRunner
-from opid_trl.rollout.step_rows import collect_step_rows, mask_nonfinite_rows, row_tensors
+from opid_trl.rollout.step_rows import collect_step_rows, row_tensors
 
 ANSWER = "<think>go</think><action>go east</action>"
 
@@ -49,7 +50,7 @@ def runner(factory, max_turns=3, budget=4096, timeout=None, history=2):
 
 
 def play(factory, seeds=(0, 1), backend=None, **kwargs):
-    return runner(factory, **kwargs).run([make_fetch_task(s) for s in seeds], [0] * len(seeds),
+    return runner(factory, **kwargs).play([make_fetch_task(s) for s in seeds], [0] * len(seeds),
                                          [str(s) for s in seeds], backend or Answer())
 
 
@@ -173,7 +174,7 @@ def test_a_failing_reset_fails_its_episode_with_no_step(factory, message):
 def test_a_hanging_environment_times_out_and_is_dropped(factory):
     run = runner(factory, timeout=0.5)
     start = time.perf_counter()
-    episodes = run.run([make_fetch_task(0), make_fetch_task(1)], [0, 0], ["0", "1"], Answer())
+    episodes = run.play([make_fetch_task(0), make_fetch_task(1)], [0, 0], ["0", "1"], Answer())
     assert time.perf_counter() - start < 5  # not 30 s per call
     assert all(ep.failed and "step_timeout" in ep.error for ep in episodes)
     assert run._pool == []  # the hung instances are not reused

@@ -4,13 +4,16 @@
   sampling, skills scored on the trainer need them first, or vLLM's importance correction needs
   them next to the sampler's); when aligned, the entropies too, so the chunked loss reuses the pass;
 - TRL's sampler-vs-trainer importance weights (`algorithms.importance_sampling`);
-- the reference model's log-probs (the KL term, ``beta > 0``).
+- the reference model's log-probs (the KL term, ``beta > 0``);
+- and, once the skill stage is done, the batch made safe for the loss (`finalize`): rows holding a
+  non-finite value masked out, the token count of the whole generation batch.
 
 Shapes: B rows, T completion tokens.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +21,8 @@ from typing import Any
 import torch
 
 from opid_trl.algorithms.importance_sampling import vllm_importance_ratio
-from opid_trl.reporting.batch_metrics import BatchMetrics
+
+logger = logging.getLogger(__name__)
 
 #: (prompt ids, prompt mask, completion ids, completion mask, with_entropy) -> log-probs (B, T), or
 #: (log-probs, entropies) with ``with_entropy``; no grad.
@@ -34,17 +38,18 @@ class ImportanceCorrection:
     clip_max: float | None
 
 
-def policy_passes(mode: str, batch: dict[str, torch.Tensor], sampling_logps: torch.Tensor | None, *, aligned: bool,
+def policy_passes(batch: dict[str, torch.Tensor], sampling_logps: torch.Tensor | None, *, aligned: bool,
                   skills_need_old: bool, logps: LogpsFn, reference_logps: LogpsFn | None,
-                  correction: ImportanceCorrection | None, metrics: BatchMetrics) -> None:
+                  correction: ImportanceCorrection | None, timed: Callable[[str], Any]) -> None:
     """Add to ``batch`` the old-policy log-probs (``old_per_token_logps``, and with ``aligned``
     ``old_per_token_entropies``), the importance weights (``importance_sampling_ratio``, with a
     ``correction``), the sampler's log-probs (``sampling_per_token_logps``, 0 where none) and the
     reference log-probs (``ref_per_token_logps``, with ``reference_logps``) that the loss step reads.
-    ``sampling_logps``: (B, T) the sampler's log-probs, NaN where none, or None."""
+    ``sampling_logps``: (B, T) the sampler's log-probs, NaN where none, or None. ``timed(name)``: a
+    context that logs the wall time of the old-policy pass."""
     tokens = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
     if not aligned or (correction is not None and sampling_logps is not None) or skills_need_old:
-        with metrics.timed(mode, "time/old_policy"):
+        with timed("time/old_policy"):
             if aligned:  # the chunked loss reuses this pass as its own no-grad pass
                 batch["old_per_token_logps"], batch["old_per_token_entropies"] = logps(*tokens, with_entropy=True)
             else:
@@ -52,10 +57,9 @@ def policy_passes(mode: str, batch: dict[str, torch.Tensor], sampling_logps: tor
     if correction is not None:
         batch["importance_sampling_ratio"] = torch.ones_like(batch["completion_mask"], dtype=torch.float32)
         if sampling_logps is not None:
-            old, mask = batch["old_per_token_logps"], batch["completion_mask"]
-            metrics.sampler_gap(mode, old, sampling_logps, mask)
-            batch["importance_sampling_ratio"] = vllm_importance_ratio(old, sampling_logps, mask, correction.mode,
-                                                                       correction.clip_min, correction.clip_max)
+            batch["importance_sampling_ratio"] = vllm_importance_ratio(
+                batch["old_per_token_logps"], sampling_logps, batch["completion_mask"], correction.mode,
+                correction.clip_min, correction.clip_max)
     if sampling_logps is not None:  # TRL's off-policy mask reads it; padding positions are masked
         batch["sampling_per_token_logps"] = torch.nan_to_num(sampling_logps, nan=0.0)
     if reference_logps is not None:
@@ -69,3 +73,37 @@ def old_logps_needed_first(args: Any, aligned: bool) -> bool:
     scores every row at once, after the rollout). Engine scoring brings its own l_old."""
     return args.skill_logprob_backend != "vllm" and (
         not aligned or args.skill_adv_normalize or args.skill_signal_diagnostics)
+
+
+#: Per-token batch entries whose non-finite values would reach the loss.
+_CHECKED_KEYS = ("advantages", "old_per_token_logps", "ref_per_token_logps", "importance_sampling_ratio")
+
+
+def mask_nonfinite_rows(batch: dict[str, torch.Tensor]) -> int:
+    """Mask out of the loss every row holding a NaN/inf on its sampled tokens (advantage, old or
+    reference log-prob, importance weight); those entries are set to 0 so that no NaN reaches the
+    optimizer even through a zero weight. Returns how many rows were masked."""
+    mask = batch["completion_mask"].bool()
+    bad = torch.zeros(mask.size(0), dtype=torch.bool, device=mask.device)
+    for key in _CHECKED_KEYS:
+        values = batch.get(key)
+        if values is not None and values.dim() == 2:
+            bad |= (~torch.isfinite(values) & mask).any(dim=1)
+    if bad.any():
+        batch["completion_mask"] = batch["completion_mask"] * (~bad).to(batch["completion_mask"].dtype).unsqueeze(1)
+        for key in _CHECKED_KEYS:
+            values = batch.get(key)
+            if values is not None and values.dim() == 2:
+                batch[key] = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    return int(bad.sum())
+
+
+def finalize(batch: dict[str, torch.Tensor], accelerator: Any) -> int:
+    """The batch as the loss takes it: rows holding a non-finite value masked out
+    (`mask_nonfinite_rows`, with a warning), and ``num_items_in_batch`` set (completion tokens over
+    every process). Returns how many rows were masked here."""
+    masked = mask_nonfinite_rows(batch)
+    if masked:
+        logger.warning("%d step rows hold non-finite advantages or log-probs; masked out of the loss", masked)
+    batch["num_items_in_batch"] = accelerator.gather(batch["completion_mask"].sum()).sum()
+    return masked
