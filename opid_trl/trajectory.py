@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from opid_trl.untrusted_text import clean_text
+from opid_trl.untrusted_text import clean_text, clip_text
 
 
 @dataclass
@@ -116,12 +116,4 @@ def clip_skill(text: str, limit: int) -> str:
     A word boundary keeps the cut readable; a single word longer than the budget (a pasted blob)
     is cut hard, since there is no boundary to honour.
     """
-    text = " ".join(clean_text(text).split())
-    if len(text) <= limit:
-        return text
-    head = text[: limit - len(_ELLIPSIS)]
-    if text[len(head)] != " ":  # the cut falls inside a word: back off to the last space
-        space = head.rfind(" ")
-        if space >= limit // 2:
-            head = head[:space]
-    return head.rstrip(" ,;:.-") + _ELLIPSIS
+    return clip_text(" ".join(clean_text(text).split()), limit, marker=_ELLIPSIS, word_boundary=True)

@@ -19,7 +19,7 @@ PACKAGES = ("opid_trl", "environments")
 
 #: The stages of `opid_trl`, earliest first: a module's stage is the first prefix that matches it.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
-    ("records", ("opid_trl.trajectory", "opid_trl.untrusted_text", "opid_trl.files", "opid_trl.distributed",
+    ("records", ("opid_trl.trajectory", "opid_trl.untrusted_text", "opid_trl.values", "opid_trl.files", "opid_trl.distributed",
                  "opid_trl.config", "opid_trl.checkpoints")),
     ("algorithms", ("opid_trl.algorithms",)),
     ("generation", ("opid_trl.generation",)),

@@ -240,3 +240,30 @@ def test_run_file_heatmaps_are_written_and_named(tiny_model_dir, tmp_path, capsy
     reports = sorted((tmp_path / "run" / "heatmaps").glob("step-*.html"))
     assert reports and "l_skill=" in reports[-1].read_text()
     assert f"skill heatmaps: {len(reports)} report(s)" in capsys.readouterr().out
+
+
+def test_base_given_on_the_command_line_replaces_the_files_own(tmp_path, monkeypatch):
+    (tmp_path / "a.yaml").write_text("model: a-model\ntraining: {max_steps: 1, learning_rate: 0.5}\n")
+    (tmp_path / "b.yaml").write_text("model: b-model\ntraining: {max_steps: 2}\n")
+    (tmp_path / "run.yaml").write_text("base: a.yaml\ntraining: {max_steps: 9}\n")
+    monkeypatch.chdir(tmp_path)
+    run = load_run_config(tmp_path / "run.yaml")
+    assert (run.model, run.training) == ("a-model", {"max_steps": 9, "learning_rate": 0.5})
+    run = load_run_config(tmp_path / "run.yaml", ["base=b.yaml"])  # was silently ignored
+    assert (run.model, run.training) == ("b-model", {"max_steps": 9})
+    with pytest.raises(ConfigError, match="model: name an embedded model"):
+        load_run_config(tmp_path / "run.yaml", ["base=null"])  # no base: the file alone has no model
+    assert load_run_config(tmp_path / "run.yaml", ["base=null", "model=c"]).training == {"max_steps": 9}
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_run_config(tmp_path / "run.yaml", ["base=missing.yaml"])
+
+
+def test_one_check_of_the_extractor_name_for_run_files_and_python():
+    from opid_trl.skills.extractors import make_skill_extractor
+
+    with pytest.raises(ConfigError, match=r"skill_extractor.name: unknown skill extractor 'rules'; choose one of "
+                                          r"\['openai', 'rule_based', 'self', 'shuffled', 'none'\]"):
+        load_run_config(ROOT / "configs/quickstart_cpu.yaml", ["skill_extractor.name=rules"])
+    with pytest.raises(ValueError, match=r"skill_extractor: unknown skill extractor 'rules'; choose one of "
+                                         r"\['openai', 'rule_based', 'self', 'shuffled'\]$"):
+        make_skill_extractor("rules")

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from opid_trl.values import is_finite_number, is_whole_number
+
 SECTIONS = ("base", "model", "environment", "skill_extractor", "sft", "training", "deepspeed")
 #: Sections renamed since earlier run files, and their current names (named in the error).
 RENAMED_SECTIONS = {"analyzer": "skill_extractor"}
@@ -153,7 +155,9 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _read(path: Path, seen: tuple[Path, ...] = (), base_override: tuple[str | None, Path] | None = None) -> dict:
+    """A run file with its ``base:`` chain merged in. ``base_override``: (the base to use instead
+    of the file's own, or None for none; the folder it is relative to)."""
     if path in seen:
         raise ConfigError(f"base: circular include of {path}")
     try:
@@ -167,11 +171,13 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    base = data.pop("base", None)
+    base, folder = data.pop("base", None), path.parent
+    if base_override is not None:
+        base, folder = base_override
     if base is not None and not isinstance(base, str):
         raise ConfigError(f"base: expected the path of another run file, got {base!r} ({path})")
     if base:
-        data = _merge(_read((path.parent / base).resolve(), seen + (path,)), data)
+        data = _merge(_read((folder / base).resolve(), seen + (path,)), data)
     return data
 
 
@@ -225,7 +231,11 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
     """Read, merge and check a run file: its structure, and the values of every section but
     ``training`` (whose values `build_training_args` checks, through OPIDConfig) and ``model``
     (`check_model`, which looks at the disk)."""
-    data = _merge(_read(Path(path).resolve()), parse_overrides(overrides or []))
+    override = parse_overrides(overrides or [])
+    # ``base=FILE`` on the command line replaces the run file's own base (relative to the current
+    # folder, as command-line paths are); ``base=null`` drops it.
+    base_override = (override.pop("base"), Path.cwd()) if "base" in override else None
+    data = _merge(_read(Path(path).resolve(), base_override=base_override), override)
     renamed = sorted(set(data) & set(RENAMED_SECTIONS))
     if renamed:
         raise ConfigError(f"{renamed[0]}: this section is now called {RENAMED_SECTIONS[renamed[0]]!r}; rename it")
@@ -262,20 +272,10 @@ def load_run_config(path: str | Path, overrides: list[str] | None = None) -> Run
 # reads them as "all"). Each check below refuses those explicitly.
 
 
-def _is_int(value: Any) -> bool:
-    """A whole number that is not a bool (``True`` is an int to Python, and would count as 1)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    """A real number that is not a bool, NaN or infinite."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive_int(value: Any, where: str, what: str, allow_none: str | None = None) -> None:
     if value is None and allow_none:
         return
-    if not _is_int(value) or value < 1:
+    if not is_whole_number(value) or value < 1:
         alternative = f", or null for {allow_none}" if allow_none else ""
         raise ConfigError(f"{where}: must be a positive whole number of {what}{alternative} (got {value!r})")
 
@@ -286,7 +286,7 @@ def _check_split(split: TaskSplit, where: str) -> None:
                           f"(got {split.split!r})")
     # 0, false or "" would otherwise be read as "the default count" and a negative one as no task at all.
     _positive_int(split.num_tasks, f"{where}.num_tasks", "tasks", allow_none="the whole split")
-    if not _is_int(split.seed):
+    if not is_whole_number(split.seed):
         raise ConfigError(f"{where}.seed: must be a whole number (got {split.seed!r})")
     if not isinstance(split.kwargs, dict):
         raise ConfigError(f"{where}.kwargs: expected a mapping of task options, got {split.kwargs!r}")
@@ -311,15 +311,15 @@ def _check_sft_section(section: SFTSection) -> None:
     _positive_int(section.num_tasks, "sft.num_tasks", "tasks")
     _positive_int(section.batch_size, "sft.batch_size", "examples")
     _positive_int(section.max_length, "sft.max_length", "tokens")
-    if not _is_int(section.seed):
+    if not is_whole_number(section.seed):
         raise ConfigError(f"sft.seed: must be a whole number (got {section.seed!r})")
     for name in ("epochs", "learning_rate"):
         value = getattr(section, name)
-        if not _is_finite(value) or value <= 0:
+        if not is_finite_number(value) or value <= 0:
             raise ConfigError(f"sft.{name}: must be a finite number > 0 (got {value!r})")
     for name in ("explore_rate", "skill_share", "placebo_share"):
         value = getattr(section, name)
-        if isinstance(value, bool) or not _is_finite(value) or not 0 <= value <= 1:
+        if isinstance(value, bool) or not is_finite_number(value) or not 0 <= value <= 1:
             raise ConfigError(f"sft.{name}: must be a number in [0, 1] (got {value!r})")
     subdir = section.output_subdir
     if not isinstance(subdir, str) or not subdir or Path(subdir).is_absolute() or ".." in Path(subdir).parts:
@@ -331,19 +331,25 @@ def _check_skill_extractor_section(section: SkillExtractorSection) -> None:
     """The extractor's name and kwargs, checked against its constructor's signature now: a bad
     kwarg would otherwise surface only when the first analysis runs (a NaN ``max_retries`` or
     ``timeout`` would not even fail, it would wait or retry without end)."""
-    from opid_trl.skills.extractors import SKILL_EXTRACTORS
-
     name = section.name
     if name in (None, "none"):
         return  # plain GRPO; kwargs inherited from a base file are not used
-    if not isinstance(name, str) or name not in SKILL_EXTRACTORS:
-        raise ConfigError(f"skill_extractor.name: unknown skill extractor {name!r}; "
-                          f"choose one of {sorted(SKILL_EXTRACTORS) + ['none']}")
+    cls = _extractor_class(name)
     if section.kwargs is None:
         section.kwargs = {}
     if not isinstance(section.kwargs, dict):
         raise ConfigError(f"skill_extractor.kwargs: expected a mapping, got {type(section.kwargs).__name__}")
-    check_skill_extractor_kwargs(SKILL_EXTRACTORS[name], section.kwargs)
+    check_skill_extractor_kwargs(cls, section.kwargs)
+
+
+def _extractor_class(name: Any) -> type:
+    """The registered skill extractor ``name``, or a ConfigError naming the field and the choices."""
+    from opid_trl.skills.extractors.registry import skill_extractor_class
+
+    try:
+        return skill_extractor_class(name, field="skill_extractor.name", also="none")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _init_parameters(cls: type) -> tuple[dict[str, Any], bool]:
@@ -405,7 +411,7 @@ def value_problem(value: Any, hint: Any, non_negative: bool = False) -> str | No
     if isinstance(value, bool):
         fits = bool in kinds
     elif isinstance(value, numbers.Real):
-        whole = _is_int(value)
+        whole = is_whole_number(value)
         fits = (float in kinds or (int in kinds and whole)) and math.isfinite(value)
         fits = fits and not (non_negative and value < 0)
     elif isinstance(value, str):
@@ -525,14 +531,12 @@ def build_training_args(run: RunConfig, **forced: Any):
 def build_skill_extractor(run: RunConfig):
     """The skill extractor named by ``skill_extractor.name`` (``none`` gives plain GRPO)."""
     from opid_trl.config import POLICY_EXTRACTOR_SHARDED, sharded_parameters
-    from opid_trl.skills.extractors import SKILL_EXTRACTORS, make_skill_extractor
+    from opid_trl.skills.extractors import make_skill_extractor
 
     name = run.skill_extractor.name
     if name in (None, "none"):
         return None
-    if name not in SKILL_EXTRACTORS:
-        raise ConfigError(f"skill_extractor.name: unknown skill extractor {name!r}; "
-                          f"choose one of {sorted(SKILL_EXTRACTORS) + ['none']}")
+    _extractor_class(name)
     if not isinstance(run.skill_extractor.kwargs, dict):
         raise ConfigError(f"skill_extractor.kwargs: expected a mapping, got {type(run.skill_extractor.kwargs).__name__}")
     sharding = sharded_parameters(run.training.get("deepspeed"), run.training.get("fsdp"))

@@ -57,3 +57,15 @@ def test_a_run_with_hostile_text_everywhere_trains_and_logs(tiny_model_dir, tiny
         assert "\ufffd" in record["prompt"] and "take the" in record["prompt"]
     # the audit keeps what the extractor said (meta), escaped: it round-trips, surrogate included
     assert audit[0]["episode_skill"] == "Walk east \ufffd then [31mtake it."
+
+
+def test_clip_text_by_hand():
+    from opid_trl.untrusted_text import clip_text
+
+    assert clip_text("short", 10) == "short"
+    assert clip_text("abcdefghij" * 3, 10) == "abcdefghij [... 20 characters left out ...] "
+    assert clip_text("abcdefghij" * 3, 8, head_share=0.25) == "ab [... 22 characters left out ...] efghij"
+    # a prompt's cut: the marker counts against the budget, and a cut word backs off to a space
+    assert clip_text("go east then take the key", 13, marker="\u2026", word_boundary=True) == "go east then\u2026"
+    assert clip_text("go east then take the key", 10, marker="\u2026", word_boundary=True) == "go east\u2026"
+    assert clip_text("x" * 20, 6, marker="\u2026", word_boundary=True) == "xxxxx\u2026"  # no space: cut hard

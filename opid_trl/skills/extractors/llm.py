@@ -27,6 +27,7 @@ from opid_trl.skills.extractors.parsing import AnalysisParseError, parse_analysi
 from opid_trl.skills.extractors.prompt import PROMPT_VERSION, build_messages, reask_message
 from opid_trl.skills.extractors.protocol import ExtractorContext, SkillExtractor
 from opid_trl.trajectory import EpisodeSkills, Trajectory
+from opid_trl.untrusted_text import clip_text
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +54,6 @@ MAX_REASK_ANSWER_CHARS = 8_000
 #: What looks like a credential in text that came back from a server (an error page may echo
 #: request headers): bearer tokens and ``sk-`` style keys.
 _CREDENTIAL_RE = re.compile(r"(?i)\b(bearer\s+)[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{8,}")
-
-
-def excerpt(text: str, limit: int = MAX_EXCERPT_CHARS) -> str:
-    """At most about ``limit`` characters of ``text`` (its head), saying how much was left out."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... [{len(text) - limit} more characters]"
-
-
-def clip_ends(text: str, limit: int) -> str:
-    """``text`` within about ``limit`` characters, keeping head and tail (an answer's analysis comes last)."""
-    if len(text) <= limit:
-        return text
-    head = limit // 4
-    tail = limit - head
-    return f"{text[:head]}\n[... {len(text) - limit} characters left out ...]\n{text[-tail:]}"
 
 
 def redact(text: str) -> str:
@@ -163,7 +148,7 @@ class LLMSkillExtractor(SkillExtractor):
         for i, (completion, conversation) in self._call(conversations).items():
             results[i], error = self._finish(trajectories[i], conversation, completion, cap)
             if error is not None and self.reask and completion.text is not None:
-                answer = clip_ends(completion.text, MAX_REASK_ANSWER_CHARS)
+                answer = clip_text(completion.text, MAX_REASK_ANSWER_CHARS, head_share=0.25)
                 retry[i] = conversation + [{"role": "assistant", "content": answer}, reask_message(error)]
         if retry:
             self._metrics["reasks"] += len(retry)
@@ -212,18 +197,18 @@ class LLMSkillExtractor(SkillExtractor):
     def _describe(self, exc: BaseException) -> str:
         """``Type: message`` of an exception, scrubbed, then cut to `MAX_EXCERPT_CHARS` (a server's
         message can be a whole web page, and may echo a credential)."""
-        return excerpt(self._scrub(f"{type(exc).__name__}: {exc}"))
+        return clip_text(self._scrub(f"{type(exc).__name__}: {exc}"), MAX_EXCERPT_CHARS)
 
     def _failure(self, error_type: str, error: str, meta: dict[str, Any]) -> EpisodeSkills:
         meta["error_type"] = error_type
-        return EpisodeSkills(error=excerpt(self._scrub(error)), meta=meta)
+        return EpisodeSkills(error=clip_text(self._scrub(error), MAX_EXCERPT_CHARS), meta=meta)
 
     def _finish(self, trajectory: Trajectory, conversation: list[dict], completion: Completion, cap: int,
                 reasked: bool = False) -> tuple[EpisodeSkills, str | None]:
         text = completion.text if isinstance(completion.text, str) else None
         meta = {
             "prompt": conversation,
-            "raw_answer": clip_ends(self._scrub(text), MAX_AUDIT_ANSWER_CHARS) if text is not None else None,
+            "raw_answer": clip_text(self._scrub(text), MAX_AUDIT_ANSWER_CHARS, head_share=0.25) if text is not None else None,
             "latency_s": round(_number(completion.latency_s), 4),
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
@@ -232,7 +217,7 @@ class LLMSkillExtractor(SkillExtractor):
             "cached": False,
         }
         if completion.response_excerpt is not None:
-            meta["response_excerpt"] = excerpt(self._scrub(completion.response_excerpt))
+            meta["response_excerpt"] = clip_text(self._scrub(completion.response_excerpt), MAX_EXCERPT_CHARS)
         if completion.error is not None or text is None:
             error = completion.error if completion.error is not None else "internal: the backend gave no text"
             kind = completion.error_type if completion.error_type in ERROR_TYPES else "internal"

@@ -27,8 +27,9 @@ import os
 import time
 from typing import Any
 
-from opid_trl.skills.extractors.llm import MAX_EXCERPT_CHARS, Completion, LLMSkillExtractor, excerpt, redact
+from opid_trl.skills.extractors.llm import MAX_EXCERPT_CHARS, Completion, LLMSkillExtractor, redact
 from opid_trl.skills.extractors.prompt import OUTPUT_SCHEMA
+from opid_trl.untrusted_text import clip_text
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class OpenAISkillExtractor(LLMSkillExtractor):
 
     def _clean(self, text: str, limit: int = MAX_EXCERPT_CHARS) -> str:
         """``text`` scrubbed of credentials, then cut (in that order, so no cut hides part of a key)."""
-        return excerpt(self._scrub(text), limit)
+        return clip_text(self._scrub(text), limit)
 
     def _complete_batch(self, conversations: list[list[dict]]) -> list[Completion]:
         try:

@@ -11,18 +11,9 @@ Length policy, applied in order until the record fits ``max_chars``:
 from __future__ import annotations
 
 from opid_trl.trajectory import Trajectory
+from opid_trl.untrusted_text import clip_text
 
 OMITTED = "[... steps {first}-{last} omitted for length ...]"
-
-
-def clip_middle(text: str, limit: int) -> str:
-    """``text`` cut to about ``limit`` characters, keeping its head and tail."""
-    text = text.strip()
-    if len(text) <= limit:
-        return text
-    head = max(limit * 2 // 3, 1)
-    tail = max(limit - head - 5, 0)
-    return text[:head] + " ... " + (text[-tail:] if tail else "")
 
 
 def render_step(trajectory: Trajectory, index: int, field_chars: int) -> str:
@@ -30,8 +21,8 @@ def render_step(trajectory: Trajectory, index: int, field_chars: int) -> str:
     validity = "" if step.action_valid else " (ill-formed answer)"
     return (
         f"Step {index}{validity}:\n"
-        f"  observation: {clip_middle(step.observation, field_chars)}\n"
-        f"  response: {clip_middle(step.response, field_chars)}\n"
+        f"  observation: {clip_text(step.observation.strip(), field_chars, head_share=2 / 3)}\n"
+        f"  response: {clip_text(step.response.strip(), field_chars, head_share=2 / 3)}\n"
         f"  reward: {step.reward:g}; discounted return from here: {step.discounted_return:.3f}"
     )
 

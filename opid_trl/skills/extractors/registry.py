@@ -19,13 +19,18 @@ SKILL_EXTRACTORS: dict[str, type[SkillExtractor]] = {
 }
 
 
+def skill_extractor_class(name: Any, field: str = "skill_extractor", also: str | None = None) -> type[SkillExtractor]:
+    """The class registered as ``name``; a ValueError naming ``field`` and the choices (with
+    ``also``, a further accepted name the caller handles) when there is none."""
+    if isinstance(name, str) and name in SKILL_EXTRACTORS:
+        return SKILL_EXTRACTORS[name]
+    choices = sorted(SKILL_EXTRACTORS) + ([also] if also else [])
+    raise ValueError(f"{field}: unknown skill extractor {name!r}; choose one of {choices}")
+
+
 def make_skill_extractor(name: str, **kwargs: Any) -> SkillExtractor:
     """Build the skill extractor registered as ``name`` ('openai', 'self', 'rule_based', 'shuffled')."""
-    try:
-        cls = SKILL_EXTRACTORS[name]
-    except KeyError:
-        raise ValueError(f"skill_extractor: unknown skill extractor {name!r}; "
-                         f"choose one of {sorted(SKILL_EXTRACTORS)}") from None
+    cls = skill_extractor_class(name)
     if cls is ShuffledSkillExtractor:  # the placebo wraps another extractor, built here by name
         inner = kwargs.pop("inner", "rule_based")
         if inner == "shuffled":
