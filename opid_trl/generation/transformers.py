@@ -46,6 +46,7 @@ class TransformersGenerationBackend(SamplingBackend):
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
+        """Unwrap (and under ZeRO-3 gather) the policy once for the whole rollout, without grad."""
         wrapped = self.policy.wrapped_model()
         full_params = (self.summon_full_params(wrapped, recurse=False) if self.summon_full_params is not None
                        else contextlib.nullcontext())
@@ -67,6 +68,7 @@ class TransformersGenerationBackend(SamplingBackend):
                 self._model = None
 
     def sample(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Sample]:
+        """One response per prompt, at `eval_temperature` while the policy is in evaluation mode."""
         if self._model is None:
             raise RuntimeError("TransformersGenerationBackend.generate called outside session()")
         generation_config = self.generation_config

@@ -88,6 +88,7 @@ class _VLLMBackend(SamplingBackend):
         self.weight_syncs = 0
 
     def _sync_if_stale(self) -> None:
+        """Push the policy's weights when the engine holds an older optimizer step's (at most once per step)."""
         step = self.policy.global_step()
         if step == self.policy.sync.last_loaded_step:
             return
@@ -122,6 +123,7 @@ class VLLMColocateBackend(_VLLMBackend):
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
+        """Wake the engine (sleep mode), sync stale weights, and put it back to sleep afterwards."""
         if self._sleep:
             self.llm.wake_up()
         try:
@@ -138,6 +140,7 @@ class VLLMColocateBackend(_VLLMBackend):
             self.vllm_generation.sync_weights()
 
     def sample(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Sample]:
+        """One response per prompt with the sampler's log-prob of each token (after temperature)."""
         from vllm import SamplingParams
 
         if not prompt_ids:
@@ -153,6 +156,7 @@ class VLLMColocateBackend(_VLLMBackend):
         return samples
 
     def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Prompt log-probs of the given completions (no sampling, temperature 1): engine skill scoring."""
         from vllm import SamplingParams
 
         if not prompt_ids:
@@ -189,6 +193,7 @@ class VLLMServerBackend(_VLLMBackend):
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
+        """Sync stale weights to the server once; requests then go out as they come."""
         self._sync_if_stale()
         yield
 
@@ -210,6 +215,8 @@ class VLLMServerBackend(_VLLMBackend):
         accelerator.wait_for_everyone()  # nobody samples from the old weights
 
     def sample(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Sample]:
+        """One response per prompt from the server, with the sampler's log-probs; never gathered
+        across processes, so ranks with different numbers of active episodes never wait."""
         if not prompt_ids:
             return []
         extra = self._sampling_params(max_new_tokens)
@@ -221,6 +228,7 @@ class VLLMServerBackend(_VLLMBackend):
                 for ids, logprobs in zip(output["completion_ids"], output["logprobs"])]
 
     def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Per-token log-probs of the given completions after their prompts, computed by the server."""
         if not prompt_ids:
             return []
         sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]

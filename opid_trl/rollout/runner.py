@@ -74,6 +74,8 @@ class EpisodeRunner:
         return self._pool[:count]
 
     def _map(self, fn: Callable, items: Sequence) -> list:
+        """``fn`` over ``items``, on the step workers when there are several (environments step in
+        parallel), each call bounded by `step_timeout` when one is set."""
         if self.step_timeout is not None:
             return self._map_timed(fn, items)
         if self._executor is None or len(items) < 2:
@@ -168,6 +170,7 @@ class EpisodeRunner:
                 self._record(episode, fitted, 0, sample, response, result, expert)
 
     def _after_reset(self, episode: Episode, failure: Exception | None) -> None:
+        """Mark an episode whose reset raised as failed: it plays no turn and is left out of the loss."""
         if failure is None:
             return
         episode.done, episode.error = True, f"reset: {type(failure).__name__}: {failure}"
@@ -175,6 +178,7 @@ class EpisodeRunner:
 
     @staticmethod
     def _view(episode: Episode, turn: int) -> PromptView:
+        """What turn ``turn``'s prompt shows, from untrusted environment text cleaned once here."""
         return PromptView(
             task=clean_text(episode.env.task_description),
             step=turn,
@@ -184,6 +188,7 @@ class EpisodeRunner:
         )
 
     def _fit(self, episodes: Sequence[Episode], views: Sequence[PromptView]) -> FittedPrompts:
+        """Each prompt fitted to `max_prompt_length` (the longest history window that fits), counted."""
         fitted = fit_prompts(views, [ep.env.render_prompt for ep in episodes], self.history_length,
                              self.max_prompt_length, self.tokenize)
         self.prompt_overflows += fitted.overflow
@@ -253,6 +258,7 @@ class _TimedCall:
         threading.Thread(target=self._run, name="opid-env-call", daemon=True).start()
 
     def _run(self) -> None:
+        """The call, on its own daemon thread; a failure is kept as the result, like a step's own."""
         try:
             self.result = self._fn(self._item)
         except Exception as exc:  # noqa: BLE001 - returned to the caller like the call's own failures

@@ -40,6 +40,7 @@ class SkillExtraction:
     def __init__(self, extractor: SkillExtractor, max_step_skills: int, routing: str,
                  use_step_skills: bool = True, overlap: bool = True,
                  audit: AnalysisAuditLog | None = None) -> None:
+        """See the class docstring; the overlap thread exists only when the extractor allows it."""
         self.extractor = extractor
         self.max_step_skills = max_step_skills
         self.routing = routing
@@ -57,6 +58,9 @@ class SkillExtraction:
         return done
 
     def run(self, trajectories: Sequence[Trajectory]) -> ExtractionResult:
+        """The extractor on one batch, in the calling thread: its answers cleaned (step indices
+        inside the trajectory, at most `max_step_skills`), or no skills at all when it fails, so an
+        outage costs this batch its skill signal, never the run."""
         start = time.perf_counter()
         try:
             answers = list(self.extractor(list(trajectories)))

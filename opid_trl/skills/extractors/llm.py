@@ -128,6 +128,8 @@ class LLMSkillExtractor(SkillExtractor):
 
     # -- the pipeline
     def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills | None]:
+        """Skills for each trajectory: cached answers reused, the rest asked in one batch (re-asked
+        once on a parse error), every failure recorded on its trajectory, never raised."""
         cap = self.max_step_skills if self.max_step_skills is not None else 5
         results: list[EpisodeSkills | None] = [None] * len(trajectories)
         keys: list[str | None] = [None] * len(trajectories)

@@ -46,6 +46,7 @@ class PolicySkillExtractor(LLMSkillExtractor):
         return f"{super().cache_salt}:self"
 
     def _complete_batch(self, conversations: list[list[dict]]) -> list[Completion]:
+        """All analysis prompts of the batch in one generation call on the rollout engine."""
         context = self.context
         if context is None or context.policy is None or context.generation_backend is None:
             raise RuntimeError("PolicySkillExtractor must be bound to a policy and its generation backend "

@@ -230,6 +230,8 @@ class RuleBasedSkillExtractor(SkillExtractor):
         return metrics
 
     def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills | None]:
+        """Each trajectory's skills from the rules, in hindsight (a success's workflow, a failure's
+        avoidance rules); an empty trajectory gets an `EpisodeSkills` with an error, counted."""
         cap = self.max_step_skills if self.max_step_skills is not None else 5
         results: list[EpisodeSkills | None] = []
         for trajectory in trajectories:

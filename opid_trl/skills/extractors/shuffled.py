@@ -50,6 +50,7 @@ class ShuffledSkillExtractor(SkillExtractor):
         return self.inner.pop_metrics()
 
     def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills | None]:
+        """The inner extractor's skills, each handed to the trajectory one group further on."""
         answers = list(self.inner(trajectories))
         groups = sorted({t.group_id for t in trajectories})
         if len(groups) < 2:  # nothing to swap with: no skill rather than the episode's own
