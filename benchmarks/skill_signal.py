@@ -54,6 +54,13 @@ def run_file(config: Path, model: str, work: Path, batches: int) -> Path:
     return path
 
 
+def _shown(model: str) -> str:
+    """A model folder inside the repository by its repository-relative path (results name no path
+    of the machine that made them); a hub id or an outside folder as given."""
+    path = Path(model).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else model
+
+
 def collect(work: Path) -> list[dict[str, Any]]:
     """Every step record the trainer wrote under ``work/skill_signal``."""
     records = []
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"train.py failed (exit {code}); see {work / 'train.log'}")
     records = collect(work)
     report = summarize(load_signals(records), resamples=args.resamples, weights=WEIGHTS)
-    result = {"name": args.name, "setting": matrix.setting, "model": model, "batches": args.batches,
+    result = {"name": args.name, "setting": matrix.setting, "model": _shown(model), "batches": args.batches,
               "forced": FORCED, "skill_extractor": dataclasses.asdict(matrix.run.skill_extractor), "commit": git_commit(),
               "machine": machine(), "seconds": time.perf_counter() - started, "report": report, "steps": records}
     write_json(args.results / f"{args.name}.json", result)
