@@ -146,7 +146,7 @@ class EpisodeRunner:
                 samples = sample_with(backend, fitted.token_ids)
                 responses = self.decode([s.token_ids for s in samples])
                 experts = [self._expert(ep) for ep in active]
-                results = self._map(_play, list(zip(active, responses)))
+                results = self._map(_step_environment, list(zip(active, responses)))
                 for i, (ep, sample, response, result) in enumerate(zip(active, samples, responses, results)):
                     self._record(ep, fitted, i, sample, response, result, experts[i])
         self.env_errors = sum(ep.error is not None for ep in episodes)
@@ -165,7 +165,7 @@ class EpisodeRunner:
             with self._lock:
                 response = self.decode([sample.token_ids])[0]
             expert = self._expert(episode)
-            result = self._map(_play, [(episode, response)])[0]
+            result = self._map(_step_environment, [(episode, response)])[0]
             with self._lock:
                 self._record(episode, fitted, 0, sample, response, result, expert)
 
@@ -285,7 +285,7 @@ def _reset(episode: Episode) -> Exception | None:
     return None
 
 
-def _play(item: tuple[Episode, str]) -> StepResult | Exception:
+def _step_environment(item: tuple[Episode, str]) -> StepResult | Exception:
     """Step ``episode``'s environment with ``response``; an exception is returned, not raised."""
     episode, response = item
     try:
