@@ -140,6 +140,8 @@ def run_training(args: argparse.Namespace, run, training_args, train_tasks, eval
         skill_extractor=skill_extractor,
         callbacks=[MetricsJSONLCallback(output_dir)],  # OPIDTrainer adds CheckpointCompletionCallback
     )
+    if run.sft is not None:  # the card names the run file's model, not the warm-start folder
+        trainer.base_model_description = f"{run.model}, after the run's SFT warm start"
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(output_dir / "final"))
     if trainer.accelerator.is_main_process:

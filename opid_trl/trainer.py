@@ -92,6 +92,8 @@ class OPIDTrainer(GRPOTrainer):
         self._no_grad_loss_pass = False  #: inside evaluation's loss pass: its forwards run in chunks
         self._last_rewards: torch.Tensor | None = None  #: GRPO's weighted rewards of the last batch
         self._rollout_count = 0
+        #: What the model card names as the base model (default: the model's own name or folder).
+        self.base_model_description: str | None = None
         assembly.attach_parts(self, args, extractor, generation_backend)
 
     @property
@@ -121,7 +123,8 @@ class OPIDTrainer(GRPOTrainer):
             settings = {"skill routing": args.skill_routing,
                         "lambda (episode, step)": (args.skill_coef_episode, args.skill_coef_step)} if opid else {}
             complete_model_card(Path(args.output_dir) / "README.md", run_facts(
-                "OPID" if opid else "GRPO", base_model_name(getattr(self.model.config, "_name_or_path", None)),
+                "OPID" if opid else "GRPO", self.base_model_description
+                or base_model_name(getattr(self.model.config, "_name_or_path", None)),
                 self.environment_name, type(extractor).__name__ if extractor is not None else None, settings))
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

@@ -48,3 +48,12 @@ def test_card_completion_by_hand(tmp_path):
                                 "## OPID setting\n\n- method: OPID\n- base model: Qwen/Qwen2.5-3B-Instruct\n"
                                 "- environment: webshop\n- skill extractor: OpenAISkillExtractor\n")
     assert base_model_name(str(tmp_path)) == tmp_path.name and base_model_name(None) is None
+
+
+def test_a_described_base_model_is_named_as_given(tiny_model_dir, tiny_tokenizer, tmp_path):
+    trainer = OPIDTrainer(model=tiny_model_dir, processing_class=tiny_tokenizer, environment="fetch",
+                          args=tiny_config(tmp_path, max_steps=1),
+                          train_dataset=Dataset.from_list([{"seed": i} for i in range(4)]))
+    trainer.base_model_description = "smollm2-135m-instruct, after the run's SFT warm start"
+    card = card_of(trainer)
+    assert "a fine-tuned version of `smollm2-135m-instruct, after the run's SFT warm start`" in card
