@@ -262,16 +262,16 @@ def warm_start(run, model_path: str, training_args, skip: bool) -> str:
     # teaches its first steps, and only won episodes are kept.
     max_turns = max(training_args.max_turns or 0, settings.max_turns)
     rows = build_tasks(run, "train", num_tasks=run.sft.num_tasks, seed=run.sft.seed)
-    if run.sft.explore_rate > 0 or run.sft.skill_share > 0:
+    if run.sft.explore_rate > 0 or run.sft.skill_share > 0 or run.sft.follow_share > 0:
         examples, stats = skill_conditioned_examples(
             make_env, rows, settings.history_length, max_turns, RuleBasedSkillExtractor(),
             explore_rate=run.sft.explore_rate, skill_share=run.sft.skill_share, seed=run.sft.seed,
-            placebo_share=run.sft.placebo_share)
+            placebo_share=run.sft.placebo_share, follow_share=run.sft.follow_share)
         if state.is_main_process:
             print(f"SFT warm start: {int(stats['examples'])} steps of {int(stats['episodes'])} behaviour episodes "
                   f"({int(stats['won'])} won, {int(stats['explored_steps'])} explored steps), "
                   f"{int(stats['with_skill'])} shown with their hindsight skill, {int(stats['with_placebo'])} with "
-                  "another task's")
+                  f"another task's, {int(stats['with_follow'])} with a skill naming a random action to follow")
     else:
         examples, stats = expert_examples(make_env, rows, settings.history_length, max_turns)
         if state.is_main_process:

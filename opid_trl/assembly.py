@@ -21,10 +21,12 @@ from opid_trl.reporting.skill_batch import SkillBatchReporter, log_heatmap_repor
 from opid_trl.reporting.skill_signal_recorder import SkillSignalRecorder
 from opid_trl.rollout.runner import EpisodeRunner
 from opid_trl.rollout.settings import EpisodeSettings, environment_outcome, has_chat_template, resolve_episode_settings
+from opid_trl.skills import conversation, single_turn
 from opid_trl.skills.audit import AnalysisAuditLog
 from opid_trl.skills.extraction import SkillExtraction
 from opid_trl.skills.extractors import ExtractorContext, PolicySkillExtractor, SkillExtractor
-from opid_trl.skills.stage import ScorePrompts, SkillStage
+from opid_trl.skills.stage import ScorePrompts, SkillRows, SkillStage
+from opid_trl.trajectory import Trajectory
 
 
 def opid_config(model: Any, args: Any) -> OPIDConfig:
@@ -37,9 +39,14 @@ def opid_config(model: Any, args: Any) -> OPIDConfig:
 
 
 def check_before_loading(model: Any, processing_class: Any, args: OPIDConfig, has_environment: bool,
-                         extractor: SkillExtractor | None) -> None:
-    """What can be refused before any model loads: episodes need a chat template, and the policy
-    extractor cannot generate under ZeRO-3 / FSDP (see `POLICY_EXTRACTOR_SHARDED`)."""
+                         extractor: SkillExtractor | None, trl_kwargs: Mapping[str, Any]) -> None:
+    """What can be refused before any model loads: episodes need a chat template, the policy
+    extractor cannot generate under ZeRO-3 / FSDP (see `POLICY_EXTRACTOR_SHARDED`), and TRL agent
+    rollouts are scored per turn on the trainer."""
+    if extractor is not None and args.skill_logprob_backend == "vllm" and (
+            trl_kwargs.get("tools") or trl_kwargs.get("environment_factory")):
+        raise ValueError("skill_logprob_backend: TRL agent rollouts (tools / environment_factory) score each "
+                         "assistant turn after its own context on the trainer; use 'trainer'")
     if has_environment and not has_chat_template(model, processing_class):
         raise ValueError("processing_class: the tokenizer has no chat template, and every step of an episode is "
                          "rendered as a chat (a user message, then the model's turn); use a chat/instruct model "
@@ -112,6 +119,41 @@ def skill_stage(extractor: SkillExtractor, args: OPIDConfig, policy: PolicyHandl
     reports = SkillBatchReporter(metrics, extraction, coefs, lambda token: tokenizer.decode([token]), heatmaps, signal,
                                  accelerator.is_main_process)
     return stage, reports, heatmaps
+
+
+def grpo_skill_inputs(trainer: Any, inputs: list[dict], output: dict[str, Any],
+                      messages: tuple[list, list] | None) -> tuple[list[Trajectory], SkillRows]:
+    """The trajectories and `SkillRows` of GRPO's batch: each completion a one-step trajectory
+    (`skills.single_turn`), or with ``messages`` (a TRL agent rollout's prompts as the policy saw
+    them and its completion messages) one step per assistant turn (`skills.conversation`)."""
+    args, completion_ids = trainer.args, output["completion_ids"]
+    first, count = trainer.accelerator.process_index * completion_ids.size(0), completion_ids.size(0)
+    rewards = trainer._last_rewards[first : first + count].tolist()
+    tokenizer = trainer._tokenizer
+    if messages is None:
+        return single_turn.skill_inputs(
+            [x["prompt"] for x in inputs], output, rewards, first, trainer._trajectory_id, trainer.num_generations,
+            args.success_threshold, args.analysis_gamma, lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True),
+            trainer.policy.tokenize_prompts,
+            trainer.generation_backend if args.skill_logprob_backend == "vllm" else None)
+
+    def tokenize_prompt(row: int, prompt: list[dict]) -> list[int]:
+        """The row's prompt as TRL tokenized it (with that row's environment's tool schema)."""
+        environments = getattr(trainer, "_batch_environments", None)
+        if trainer.environment_factories is None or environments is None:
+            return list(trainer._tokenize_prompts([prompt])[0][0])
+        trainer._batch_environments = [environments[row]]
+        try:
+            return list(trainer._tokenize_prompts([prompt])[0][0])
+        finally:
+            trainer._batch_environments = environments
+
+    trajectories, rows, unusable = conversation.conversation_skill_inputs(
+        messages[0], messages[1], output, rewards, first, trainer._trajectory_id, trainer.num_generations,
+        args.success_threshold, args.analysis_gamma, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+        tokenize_prompt, lambda results: list(trainer._get_tool_suffix_ids(results)))
+    trainer.batch_metrics.log("train", "skill/rows_without_turn_skills", unusable)
+    return trajectories, rows
 
 
 def episode_runner(env_factory: Callable[[], Any], args: OPIDConfig, tokenize: Callable[[list[str]], list[list[int]]],

@@ -10,6 +10,8 @@ and the stage order of a batch (`_rollout_and_score`, each stage one call, each 
 #   _get_per_token_logps_and_entropies  leaf log-probs for the chunked loss, chunked eval pass, A_OPID
 #                                       from the loss forward -> test_opid_cost.py, test_eval_memory.py
 #   _calculate_rewards                  rewards kept for single-turn skills -> test_dropin.py
+#   _generate                           a TRL agent rollout's messages kept for per-turn skills
+#                                       -> test_agent_skills.py
 #   train                               complete checkpoints only -> reliability/test_resume.py
 # TRL state read (here and in assembly.attach_parts): _tokenizer, _dist, _metrics, _logs,
 # _last_loaded_step (shared with our vLLM backends as `generation.SyncState`), vllm_generation.
@@ -38,7 +40,6 @@ from opid_trl.reporting.model_card import base_model_name, complete_model_card, 
 from opid_trl.rollout import step_rows
 from opid_trl.rollout.episode import Episode
 from opid_trl.rollout.settings import EnvironmentSpec, resolve_environment
-from opid_trl.skills import single_turn
 from opid_trl.skills.extractors import SkillExtractorLike, as_skill_extractor
 from opid_trl.skills.rows import step_skill_rows
 from opid_trl.skills.scoring import SKILL_LOGPS_KEYS
@@ -79,7 +80,7 @@ class OPIDTrainer(GRPOTrainer):
         has_environment = self.environment_factory is not None
         reward_funcs = assembly.environment_reward_funcs(reward_funcs, args, has_environment, kwargs)
         extractor = as_skill_extractor(skill_extractor)
-        assembly.check_before_loading(model, processing_class, args, has_environment, extractor)
+        assembly.check_before_loading(model, processing_class, args, has_environment, extractor, kwargs)
         self.weight_sync = SyncState()  # before GRPOTrainer sets _last_loaded_step through it
         with engine_setup(args.use_vllm, args.vllm_mode, torch.cuda.is_available() and not args.use_cpu):
             super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
@@ -91,6 +92,7 @@ class OPIDTrainer(GRPOTrainer):
         self._loss_batch: step_rows.OPIDBatch | None = None  #: a batch whose A_OPID the loss forward completes
         self._no_grad_loss_pass = False  #: inside evaluation's loss pass: its forwards run in chunks
         self._last_rewards: torch.Tensor | None = None  #: GRPO's weighted rewards of the last batch
+        self._rollout_messages: tuple[list, list] | None = None  #: a TRL agent rollout's prompts and messages
         self._rollout_count = 0
         #: What the model card names as the base model (default: the model's own name or folder).
         self.base_model_description: str | None = None
@@ -197,9 +199,7 @@ class OPIDTrainer(GRPOTrainer):
         """The batch for TRL's loss: episodes' step rows with an environment, else GRPO's own batch;
         skills added to either when a skill extractor is set."""
         self._rollout_count += 1
-        if self.environment_factory is None:
-            return self._score_single_turn(inputs)
-        return self._rollout_and_score(inputs)
+        return self._score_single_turn(inputs) if self.environment_factory is None else self._rollout_and_score(inputs)
 
     # ============================================================== the multi-turn data path
     def _rollout_and_score(self, inputs) -> step_rows.OPIDBatch:
@@ -268,26 +268,29 @@ class OPIDTrainer(GRPOTrainer):
         return skills_active and old_logps_needed_first(self.args, self._aligned)
 
     # ============================================================== the single-turn (drop-in) path
+    def _generate(self, prompts: list):
+        """TRL's rollout, its prompts as the policy saw them and its messages kept for per-turn skills."""
+        result = super()._generate(prompts)
+        if self.tools and self.skill_stage is not None:
+            self._rollout_messages = (prompts, result[3])
+        return result
+
     def _score_single_turn(self, inputs):
-        """GRPO's batch; with skills active, each completion becomes a one-step trajectory whose
-        skill is injected into its prompt's text (`skills.single_turn`), and A_OPID is added per token."""
+        """GRPO's batch; with skills active, each completion becomes a trajectory (one step, or one
+        per assistant turn of a TRL agent rollout) whose skills are scored (`assembly.grpo_skill_inputs`),
+        and A_OPID is added per token."""
         mode = "train" if self.model.training else "eval"
         output = super()._generate_and_score_completions(inputs)
+        messages, self._rollout_messages = self._rollout_messages, None
         if not self._skills_active(mode):
             return output
-        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
-        first, count = self.accelerator.process_index * completion_ids.size(0), completion_ids.size(0)
-        trajectories, rows = single_turn.skill_inputs(
-            [x["prompt"] for x in inputs], output, self._last_rewards[first : first + count].tolist(), first,
-            self._trajectory_id, self.num_generations, self.args.success_threshold, self.args.analysis_gamma,
-            lambda ids: self._tokenizer.batch_decode(ids, skip_special_tokens=True), self.policy.tokenize_prompts,
-            self.generation_backend if self.args.skill_logprob_backend == "vllm" else None)
+        trajectories, rows = assembly.grpo_skill_inputs(self, inputs, output, messages)
         extraction = self.skill_stage.submit(trajectories)
         if output.get("old_per_token_logps") is None and self._needs_explicit_old_pass(True):
             with self.batch_metrics.timed(mode, "time/old_policy"):
-                output["old_per_token_logps"] = self._logps(output["prompt_ids"], output["prompt_mask"],
-                                                            completion_ids, completion_mask)
-        output["advantages"] = output["advantages"].unsqueeze(1).expand_as(completion_mask).clone()
+                output["old_per_token_logps"] = self._logps(*(output[k] for k in (
+                    "prompt_ids", "prompt_mask", "completion_ids", "completion_mask")))
+        output["advantages"] = output["advantages"].unsqueeze(1).expand_as(output["completion_mask"]).clone()
         with self.batch_metrics.timed(mode, "time/skill_scoring"):
             scored = self.skill_stage.add(output, extraction, trajectories, rows, self.state.global_step)
             self.skill_reports.batch(mode, self.state.global_step, output, scored, rows, len(trajectories))

@@ -44,6 +44,38 @@ def policy_extractor():
     return PolicySkillExtractor(max_new_tokens=4, max_record_chars=400)
 
 
+def careful_skills(trajectories):
+    """Skills for the "carefully" tasks only (rank 1's): rank 0 scores nothing, and still runs every
+    pass rank 1 runs (on a placeholder)."""
+    return [EpisodeSkills("Read the tool result before answering.", {1: "Answer with the result."})
+            if "carefully" in t.task else None for t in trajectories]
+
+
+def tool_pipeline(model_dir: str) -> dict:
+    """TRL's `tools` rollout (`tests.test_dropin_tools`): of each rank's two prompts (two rows each), rank 0
+    answers one in one turn and calls the tool for the other, rank 1 calls it for both: the ranks play
+    different numbers of turns in as many tool-loop iterations (TRL's loop needs that under ZeRO-3:
+    its generation gathers the weights, so a rank that leaves the loop early leaves the other waiting)."""
+    from tests.test_dropin_tools import first_turn_asking, scripted_model, tool_call, tool_tokenizer
+
+    def multiply(a: int, b: int) -> int:
+        """Multiply two integers.
+
+        Args:
+            a: The first integer.
+            b: The second integer.
+        """
+        return a * b
+
+    tokenizer = tool_tokenizer(model_dir)
+    model = scripted_model(model_dir, tokenizer, first_turn_asking("Multiply", tool_call("multiply", a=3, b=4)))
+    prompts = [f"Say {i}." if i % 4 == 0 else f"Multiply {i} by 4." if i % 4 == 1 else f"Multiply {i} by 4 carefully."
+               for i in range(16)]
+    return dict(model=model, processing_class=tokenizer, tools=[multiply], skill_extractor=careful_skills,
+                reward_funcs=lambda completions, **kwargs: [len(c[-1]["content"]) / 10 for c in completions],
+                train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts]))
+
+
 def deepspeed_config(stage: int) -> dict:
     zero = {"stage": stage}
     if stage == 3:
@@ -64,10 +96,11 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--backend", choices=["ddp", "zero2", "zero3"], required=True)
     parser.add_argument("--output", required=True)
-    parser.add_argument("--variant", choices=["default", "steps_per_generation", "policy_extractor"],
+    parser.add_argument("--variant", choices=["default", "steps_per_generation", "policy_extractor", "tools"],
                         default="default", help="steps_per_generation: two micro-steps per generation (rows padded "
                         "to a multiple of them on every rank); policy_extractor: the policy as its own skill "
-                        "extractor (ranks ask it different numbers of analyses)")
+                        "extractor (ranks ask it different numbers of analyses); tools: TRL's tool-call rollout, "
+                        "rank 0 answering in one turn and rank 1 in two")
     args = parser.parse_args()
 
     tasks = []
@@ -75,11 +108,11 @@ def main() -> None:
         tasks.append({"seed": i, "max_steps": 1 if i % 2 == 0 else 3})
     config = OPIDConfig(
         output_dir=os.path.join(os.path.dirname(args.output), f"run-{args.backend}"),
-        per_device_train_batch_size=2,
+        per_device_train_batch_size=4 if args.variant == "tools" else 2,
         num_generations=2,
         max_steps=2,
-        max_completion_length=8,
-        max_turns=4,
+        max_completion_length=160 if args.variant == "tools" else 8,
+        **({} if args.variant == "tools" else {"max_turns": 4}),
         max_prompt_length=512,
         max_rows_per_forward=2,
         learning_rate=1e-3,
@@ -94,15 +127,17 @@ def main() -> None:
         deepspeed=deepspeed_config(2 if args.backend == "zero2" else 3) if args.backend != "ddp" else None,
         **({"steps_per_generation": 2} if args.variant == "steps_per_generation" else {}),
     )
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    trainer = OPIDTrainer(
-        model=args.model,
-        args=config,
-        train_dataset=Dataset.from_list(tasks),
-        processing_class=tokenizer,
-        environment=ShapedFetch,
-        skill_extractor=policy_extractor() if args.variant == "policy_extractor" else fixed_skills,
-    )
+    if args.variant == "tools":
+        trainer = OPIDTrainer(args=config, **tool_pipeline(args.model))
+    else:
+        trainer = OPIDTrainer(
+            model=args.model,
+            args=config,
+            train_dataset=Dataset.from_list(tasks),
+            processing_class=AutoTokenizer.from_pretrained(args.model),
+            environment=ShapedFetch,
+            skill_extractor=policy_extractor() if args.variant == "policy_extractor" else fixed_skills,
+        )
     trainer.train()
     if trainer.accelerator.is_main_process:
         history = [h for h in trainer.state.log_history if "loss" in h]
@@ -112,6 +147,8 @@ def main() -> None:
             "rows": [h.get("env/rows") for h in history],
             "episode_length": [h.get("env/episode_length") for h in history],
             "skill_abs_max": [h.get("skill/adv_abs_max") for h in history],
+            "step_rows_scored": [h.get("skill/step_rows_scored") for h in history],
+            "tool_calls": [h.get("tools/call_frequency") for h in history],
             "finite": all(math.isfinite(h["loss"]) for h in history),
             "world_size": trainer.accelerator.num_processes,
         }

@@ -69,3 +69,15 @@ def test_two_processes_unaligned_and_with_the_policy_as_extractor(tiny_model_dir
     if variant == "steps_per_generation":  # one generation (twice the episodes) for both steps
         assert result["rows"] == [16.0, None]
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["ddp", "zero3"])
+def test_two_processes_with_trl_tool_rollouts_of_different_turn_counts(tiny_model_dir, tmp_path, backend):
+    """TRL's tool-call loop with per-turn skills: rank 0 plays 6 turns, rank 1 8, and only rank 1's
+    conversations get skills (rank 0 runs its passes on a placeholder): no hang, a skill term."""
+    result = run_worker(backend, tiny_model_dir, tmp_path, "tools")
+    assert result["world_size"] == 2 and result["finite"] and len(result["losses"]) == 2
+    assert result["tool_calls"] == [0.75, 0.75]  # 6 of the 8 rows call the tool
+    assert result["step_rows_scored"] == [4.0, 4.0]  # rank 1's 4 rows: their answers (turn 1), summed over ranks
+    assert all(v > 0 for v in result["skill_abs_max"])

@@ -79,3 +79,27 @@ def test_placebo_skills_come_from_another_task_and_keep_the_behaviours_answer():
     none, _ = skill_conditioned_examples(lambda: environments.make("fetch"), rows, 1, 6, RuleBasedSkillExtractor(),
                                          explore_rate=0.5, skill_share=1.0, seed=4)
     assert all(action(e) != "look" for e in none)  # without placebo every target is the expert's: it never looks
+
+
+def test_follow_examples_name_a_random_admissible_action_and_the_answer_takes_exactly_it():
+    from opid_trl.runs.sft import FOLLOW_SKILL_TEMPLATE
+
+    rows = [environments.make_fetch_task(i, 3, 5) for i in range(16)]
+    data, stats = skill_conditioned_examples(lambda: environments.make("fetch"), rows, 1, 6, RuleBasedSkillExtractor(),
+                                             explore_rate=0.3, skill_share=0.5, seed=5, placebo_share=0.5,
+                                             follow_share=0.4)
+    prefix = FOLLOW_SKILL_TEMPLATE.split("{action}")[0]
+    follow = [e for e in data if f"{STEP_SKILL_TITLE}\n{prefix}" in e["prompt"][0]["content"]]
+    assert stats["with_follow"] == len(follow) > 0
+    assert stats["with_follow"] + stats["with_skill"] + stats["with_placebo"] < len(data)  # plain steps remain
+    named = [e["prompt"][0]["content"].split(f"{STEP_SKILL_TITLE}\n{prefix}")[1].split("' now.")[0] for e in follow]
+    # the answer acts on the named action, whatever it is: the expert's ("go east", "take ...") or not
+    assert [action(e) for e in follow] == named
+    assert {"go west", "look"} & set(named) and any(n == "go east" or n.startswith("take ") for n in named)
+    # the named action was admissible there: the prompt lists it
+    listed = [e["prompt"][0]["content"].split("admissible actions of the current situation are:")[1].split("\n")[0]
+              for e in follow]
+    assert all(f"'{n}'" in line for n, line in zip(named, listed))
+    # follow examples keep only that block: no episode skill
+    assert not any(EPISODE_SKILL_TITLE in e["prompt"][0]["content"] for e in follow)
+    assert all(FetchEnvironment().parse_action(e["completion"][0]["content"])[1] for e in data)

@@ -136,6 +136,10 @@ class SFTSection:
     #: behaviour's own answer as target, so that a skill's presence alone does not predict the
     #: expert's answer (the policy must read it). 0: every shown skill is the episode's own.
     placebo_share: float = 0.0
+    #: Share of the steps that show instead a step skill naming one admissible action drawn at random,
+    #: with an answer that takes exactly that action as target, so that only what a skill block says
+    #: predicts the answer, not that it is there (see `opid_trl.runs.sft`). 0: no follow examples.
+    follow_share: float = 0.0
 
 
 @dataclass
@@ -317,7 +321,7 @@ def _check_sft_section(section: SFTSection) -> None:
         value = getattr(section, name)
         if not is_finite_number(value) or value <= 0:
             raise ConfigError(f"sft.{name}: must be a finite number > 0 (got {value!r})")
-    for name in ("explore_rate", "skill_share", "placebo_share"):
+    for name in ("explore_rate", "skill_share", "placebo_share", "follow_share"):
         value = getattr(section, name)
         if isinstance(value, bool) or not is_finite_number(value) or not 0 <= value <= 1:
             raise ConfigError(f"sft.{name}: must be a number in [0, 1] (got {value!r})")

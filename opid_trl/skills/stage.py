@@ -61,6 +61,23 @@ class EngineRows:
 
 
 @dataclass
+class ScoringUnits:
+    """What the stage scores instead of whole rows when a row holds several steps (the assistant
+    turns of a TRL agent rollout, :mod:`opid_trl.skills.conversation`): units of one kind of skill
+    each, scored after their own contexts, and the way back to the rows' layout."""
+
+    #: Per unit: its skill (one kind).
+    routed: list[RoutedSkill]
+    #: (unit, episode skill, step skill) -> the unit's context token ids with the skill injected.
+    render: Callable[[int, str | None, str | None], list[int]]
+    #: (U, T_u) the sampled tokens each unit scores, and where they count.
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    #: The units' `SkillScores` -> the rows' (B, T), NaN where no unit scored.
+    to_rows: Callable[[SkillScores], SkillScores]
+
+
+@dataclass
 class SkillRows:
     """How the skill stage sees one batch's rows."""
 
@@ -76,6 +93,8 @@ class SkillRows:
     label: Callable[[int], dict[str, Any] | None] | None = None
     #: Set to score on the rollout engine instead of the trainer.
     engine: EngineRows | None = None
+    #: Set when rows are scored in units: the routing of every trajectory -> the units to score.
+    units: Callable[[list[list[RoutedSkill]]], ScoringUnits] | None = None
 
 
 @dataclass
@@ -150,12 +169,16 @@ class SkillStage:
         result = extraction.result()
         waited = time.perf_counter() - wait_start
         start = time.perf_counter()
-        routed = rows.routing(self.extraction.route(global_step, trajectories, result))
+        per_trajectory = self.extraction.route(global_step, trajectories, result)
+        routed = rows.routing(per_trajectory)
         completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
-        passes = plan_skill_passes(routed, self.coefs, self.global_max_count)
-        scores = score_skills(passes, routed, rows.render, rows.tokenize,
-                              self._score_rows(rows, completion_ids, completion_mask),
-                              tuple(completion_ids.shape), self.max_prompt_length)
+        if rows.units is not None:
+            scores = self._score_units(rows.units(per_trajectory), completion_ids.size(1))
+        else:
+            passes = plan_skill_passes(routed, self.coefs, self.global_max_count)
+            scores = score_skills(passes, routed, rows.render, rows.tokenize,
+                                  self._score_rows(rows, completion_ids, completion_mask),
+                                  tuple(completion_ids.shape), self.max_prompt_length)
         old_logps = batch.get("old_per_token_logps")
         if rows.engine is not None:
             engine = rows.engine
@@ -163,6 +186,16 @@ class SkillStage:
                                          engine.sampling_logps if engine.logprobs_are_plain else None,
                                          scores.scored_rows, tuple(completion_ids.shape), completion_ids.device)
         return ScoredSkills(result, routed, scores, old_logps, waited, time.perf_counter() - start)
+
+    def _score_units(self, units: ScoringUnits, completion_width: int) -> SkillScores:
+        """Score units on the trainer (their contexts are token ids already) and return the rows'
+        scores. A unit's context holds earlier turns, so its budget is the prompt's and the completion's."""
+        passes = plan_skill_passes(units.routed, self.coefs, self.global_max_count)
+        ids, mask = units.completion_ids, units.completion_mask
+        scores = score_skills(passes, units.routed, units.render, lambda contexts: [list(c) for c in contexts],
+                              lambda contexts, chosen, _real: self.score_prompts(contexts, ids[chosen], mask[chosen]),
+                              tuple(ids.shape), self.max_prompt_length + completion_width)
+        return units.to_rows(scores)
 
     def _score_rows(self, rows: SkillRows, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> ScoreRows:
         """`ScoreRows` on the engine when the batch says so, else on the trainer."""
