@@ -7,20 +7,24 @@ explicit handles, so that the trainer itself only holds the TRL overrides and th
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from opid_trl.checkpoints import CheckpointCompletionCallback
 from opid_trl.config import POLICY_EXTRACTOR_SHARDED, OPIDConfig, sharded_parameters
 from opid_trl.distributed import global_max_count
 from opid_trl.generation.base import GenerationBackend, PolicyHandle, ScoringBackend
+from opid_trl.generation.tool_loop import ToolLoopSync, generation_is_collective
 from opid_trl.generation.transformers import TransformersGenerationBackend
 from opid_trl.generation.vllm import SamplingSettings, VLLMColocateBackend, VLLMServerBackend
+from opid_trl.reporting import model_card as card
 from opid_trl.reporting.batch_metrics import BatchMetrics
 from opid_trl.reporting.heatmap_recorder import HeatmapRecorder, HeatmapRenderCallback
 from opid_trl.reporting.skill_batch import SkillBatchReporter, log_heatmap_report
 from opid_trl.reporting.skill_signal_recorder import SkillSignalRecorder
 from opid_trl.rollout.runner import EpisodeRunner
 from opid_trl.rollout.settings import EpisodeSettings, environment_outcome, has_chat_template, resolve_episode_settings
+from opid_trl.rollout.step_rows import pad_token_lists
 from opid_trl.skills import conversation, single_turn
 from opid_trl.skills.audit import AnalysisAuditLog
 from opid_trl.skills.extraction import SkillExtraction
@@ -156,6 +160,18 @@ def grpo_skill_inputs(trainer: Any, inputs: list[dict], output: dict[str, Any],
     return trajectories, rows
 
 
+def complete_model_card(trainer: Any) -> None:
+    """Complete the card TRL wrote in the output folder (`reporting.model_card`)."""
+    args, extractor = trainer.args, trainer.skill_extractor
+    opid = extractor is not None and (args.skill_coef_episode > 0 or args.skill_coef_step > 0)
+    settings = {"skill routing": args.skill_routing,
+                "lambda (episode, step)": (args.skill_coef_episode, args.skill_coef_step)} if opid else {}
+    model = trainer.base_model_description or card.base_model_name(getattr(trainer.model.config, "_name_or_path", None))
+    card.complete_model_card(Path(args.output_dir) / "README.md", card.run_facts(
+        "OPID" if opid else "GRPO", model, trainer.environment_name,
+        type(extractor).__name__ if extractor is not None else None, settings))
+
+
 def episode_runner(env_factory: Callable[[], Any], args: OPIDConfig, tokenize: Callable[[list[str]], list[list[int]]],
                    tokenizer: Any) -> tuple[EpisodeRunner, EpisodeSettings]:
     """The episode loop, with the turn budget and history window the environment resolves."""
@@ -189,11 +205,18 @@ def attach_parts(trainer: Any, args: OPIDConfig, extractor: SkillExtractor | Non
     if not any(isinstance(c, CheckpointCompletionCallback) for c in trainer.callback_handler.callbacks):
         trainer.add_callback(CheckpointCompletionCallback())  # a resume can then tell a torn checkpoint
     trainer.batch_metrics = BatchMetrics(trainer.accelerator, trainer._metrics)
+    accelerator = trainer.accelerator
+    trainer.tool_loop_sync = ToolLoopSync(
+        bool(trainer.tools) and generation_is_collective(
+            accelerator.num_processes, sharded_parameters(args.deepspeed, args.fsdp), args.use_vllm, args.vllm_mode,
+            args.vllm_tensor_parallel_size),
+        lambda flag: accelerator.reduce(flag.to(accelerator.device), reduction="sum"))
     trainer.skill_stage = trainer.skill_reports = None
     if extractor is not None:
         trainer.skill_stage, trainer.skill_reports, heatmaps = skill_stage(
             extractor, args, trainer.policy, trainer.generation_backend,
-            lambda ids, completions, mask: trainer._logps(*trainer._pad(ids, "left"), completions, mask),
+            lambda ids, completions, mask: trainer._logps(*pad_token_lists(ids, trainer._tokenizer.pad_token_id, "left",
+                                                                           trainer.accelerator.device), completions, mask),
             trainer.batch_metrics, lambda: trainer.callback_handler.callbacks)
         if heatmaps is not None:
             trainer.add_callback(HeatmapRenderCallback(heatmaps))

@@ -10,8 +10,8 @@ and the stage order of a batch (`_rollout_and_score`, each stage one call, each 
 #   _get_per_token_logps_and_entropies  leaf log-probs for the chunked loss, chunked eval pass, A_OPID
 #                                       from the loss forward -> test_opid_cost.py, test_eval_memory.py
 #   _calculate_rewards                  rewards kept for single-turn skills -> test_dropin.py
-#   _generate                           a TRL agent rollout's messages kept for per-turn skills
-#                                       -> test_agent_skills.py
+#   _generate                           TRL agent rollouts' messages kept, per-turn skills -> test_agent_skills.py
+#   _tool_call_loop, _generate_single_turn  processes kept in step (generation.tool_loop) -> test_distributed.py
 #   train                               complete checkpoints only -> reliability/test_resume.py
 # TRL state read (here and in assembly.attach_parts): _tokenizer, _dist, _metrics, _logs,
 # _last_loaded_step (shared with our vLLM backends as `generation.SyncState`), vllm_generation.
@@ -20,7 +20,6 @@ and the stage order of a batch (`_rollout_and_score`, each stage one call, each 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +35,6 @@ from opid_trl.loss.chunked import SPLITTABLE_KEYS, backward_without_sync, check_
 from opid_trl.loss.inputs import ImportanceCorrection, finalize, old_logps_needed_first, policy_passes
 from opid_trl.loss.random_state import uses_dropout
 from opid_trl.reporting.batch_metrics import log_step_completions
-from opid_trl.reporting.model_card import base_model_name, complete_model_card, run_facts
 from opid_trl.rollout import step_rows
 from opid_trl.rollout.episode import Episode
 from opid_trl.rollout.settings import EnvironmentSpec, resolve_environment
@@ -116,18 +114,11 @@ class OPIDTrainer(GRPOTrainer):
 
     # ============================================================== TRL override points
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None, tags=None):
-        """TRL's card, completed (`reporting.model_card`): the base model, the method that ran (OPID,
-        or GRPO without a skill term), the environment and the skill extractor."""
+        """TRL's card, completed (`assembly.complete_model_card`): the base model, the method that ran
+        (OPID, or GRPO without a skill term), the environment and the skill extractor."""
         super().create_model_card(model_name, dataset_name, tags)
         if self.is_world_process_zero():
-            args, extractor = self.args, self.skill_extractor
-            opid = extractor is not None and (args.skill_coef_episode > 0 or args.skill_coef_step > 0)
-            settings = {"skill routing": args.skill_routing,
-                        "lambda (episode, step)": (args.skill_coef_episode, args.skill_coef_step)} if opid else {}
-            complete_model_card(Path(args.output_dir) / "README.md", run_facts(
-                "OPID" if opid else "GRPO", self.base_model_description
-                or base_model_name(getattr(self.model.config, "_name_or_path", None)),
-                self.environment_name, type(extractor).__name__ if extractor is not None else None, settings))
+            assembly.complete_model_card(self)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         """GRPO's rewards, kept for the single-turn skill path (its trajectories' outcomes)."""
@@ -275,6 +266,20 @@ class OPIDTrainer(GRPOTrainer):
             self._rollout_messages = (prompts, result[3])
         return result
 
+    def _tool_call_loop(self, *args):
+        """TRL's tool loop, kept in step across processes where generation is a collective
+        (`generation.tool_loop`: a process whose rows stop calling tools joins the others' rounds)."""
+        with self.tool_loop_sync.inside():
+            result = super()._tool_call_loop(*args)
+        generate = super()._generate_single_turn
+        self.tool_loop_sync.drain(lambda: generate([[self._tokenizer.pad_token_id]], None, {}, num_generations=1))
+        return result
+
+    def _generate_single_turn(self, *args, **kwargs):
+        """TRL's generation, announced to the processes waiting for this tool loop (`_tool_call_loop`)."""
+        self.tool_loop_sync.announce()
+        return super()._generate_single_turn(*args, **kwargs)
+
     def _score_single_turn(self, inputs):
         """GRPO's batch; with skills active, each completion becomes a trajectory (one step, or one
         per assistant turn of a TRL agent rollout) whose skills are scored (`assembly.grpo_skill_inputs`),
@@ -311,10 +316,6 @@ class OPIDTrainer(GRPOTrainer):
         """``<optimizer step>-<rollout>-<index>``: unique within a run, resumes included (the rollout
         counter restarts on resume, the optimizer step does not)."""
         return f"{self.state.global_step}-{self._rollout_count}-{index}"
-
-    def _pad(self, sequences: list[list[int]], side: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token id lists -> (ids, mask) padded on ``side``, on the training device."""
-        return step_rows.pad_token_lists(sequences, self._tokenizer.pad_token_id, side, self.accelerator.device)
 
     def _logps(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                completion_mask: torch.Tensor, model=None, with_entropy: bool = False):

@@ -52,10 +52,9 @@ def careful_skills(trajectories):
 
 
 def tool_pipeline(model_dir: str) -> dict:
-    """TRL's `tools` rollout (`tests.test_dropin_tools`): of each rank's two prompts (two rows each), rank 0
-    answers one in one turn and calls the tool for the other, rank 1 calls it for both: the ranks play
-    different numbers of turns in as many tool-loop iterations (TRL's loop needs that under ZeRO-3:
-    its generation gathers the weights, so a rank that leaves the loop early leaves the other waiting)."""
+    """TRL's `tools` rollout (`tests.test_dropin_tools`): rank 0's prompts are answered in one turn, rank 1's
+    call the tool first, so rank 0 leaves TRL's tool loop at once while rank 1 generates again (under
+    ZeRO-3 a generation gathers the weights from every rank: without `generation.tool_loop` this hangs)."""
     from tests.test_dropin_tools import first_turn_asking, scripted_model, tool_call, tool_tokenizer
 
     def multiply(a: int, b: int) -> int:
@@ -69,8 +68,7 @@ def tool_pipeline(model_dir: str) -> dict:
 
     tokenizer = tool_tokenizer(model_dir)
     model = scripted_model(model_dir, tokenizer, first_turn_asking("Multiply", tool_call("multiply", a=3, b=4)))
-    prompts = [f"Say {i}." if i % 4 == 0 else f"Multiply {i} by 4." if i % 4 == 1 else f"Multiply {i} by 4 carefully."
-               for i in range(16)]
+    prompts = [f"Say {i}." if i % 4 < 2 else f"Multiply {i} by 4 carefully." for i in range(16)]
     return dict(model=model, processing_class=tokenizer, tools=[multiply], skill_extractor=careful_skills,
                 reward_funcs=lambda completions, **kwargs: [len(c[-1]["content"]) / 10 for c in completions],
                 train_dataset=Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts]))
@@ -149,6 +147,7 @@ def main() -> None:
             "skill_abs_max": [h.get("skill/adv_abs_max") for h in history],
             "step_rows_scored": [h.get("skill/step_rows_scored") for h in history],
             "tool_calls": [h.get("tools/call_frequency") for h in history],
+            "joined_tool_rounds": getattr(getattr(trainer, "tool_loop_sync", None), "joined_rounds", None),
             "finite": all(math.isfinite(h["loss"]) for h in history),
             "world_size": trainer.accelerator.num_processes,
         }

@@ -329,3 +329,14 @@ def test_units_by_hand_and_rows_that_cannot_be_rebuilt_get_no_skill():
         units = rows.units([[RoutedSkill(episode_skill="ep"), RoutedSkill(step_skill="st")]])
         assert unusable == 1 and [u.episode_skill or u.step_skill for u in units.routed] == [None]  # a placeholder
         assert units.render(0, None, None) == [0] and units.to_rows(SkillScores()).scored_rows == []
+
+
+def test_generation_is_a_collective_under_sharding_and_vllm_across_processes():
+    from opid_trl.generation.tool_loop import generation_is_collective
+
+    assert not generation_is_collective(1, "ZeRO-3", True, "server")  # one process: nothing to wait for
+    assert generation_is_collective(2, "ZeRO-3", False, None) and generation_is_collective(8, "FSDP", False, None)
+    assert generation_is_collective(2, None, True, "server")  # the server gathers every process's prompts
+    assert not generation_is_collective(2, None, True, "colocate")  # one engine per process
+    assert generation_is_collective(4, None, True, "colocate", tensor_parallel_size=2)
+    assert not generation_is_collective(8, None, False, None)  # DDP with transformers: each process alone

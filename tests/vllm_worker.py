@@ -35,6 +35,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dist_worker import ShapedFetch, fixed_skills  # noqa: E402
 
 
+def pad(trainer, sequences: list[list[int]], side: str):
+    """Token id lists -> (ids, mask) padded on ``side``, on the trainer's device."""
+    from opid_trl.rollout.step_rows import pad_token_lists
+
+    return pad_token_lists(sequences, trainer.processing_class.pad_token_id, side, trainer.accelerator.device)
+
+
 def tasks_for(mode: str) -> list[dict]:
     if mode == "server":  # alternating short / long tasks; with no shuffling rank 0 gets short, rank 1 long
         return [{"seed": i, "max_steps": 1 if i % 2 == 0 else 3} for i in range(8)]
@@ -53,7 +60,7 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
         rows = [(ep, t) for ep in episodes for t in range(len(ep.steps))]
         prompts = [ep.prompt_ids[t] for ep, t in rows]
         completions = [ep.completion_ids[t] for ep, t in rows]
-        trainer_logps = trainer._logps(*trainer._pad(prompts, "left"), *trainer._pad(completions, "right"))
+        trainer_logps = trainer._logps(*pad(trainer, prompts, "left"), *pad(trainer, completions, "right"))
         worst = 0.0
         for i, (ep, t) in enumerate(rows):
             sampled = torch.tensor(ep.sampling_logps[t])
@@ -73,9 +80,9 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
             ep.skill_prompt(t, skill, None) for ep, t in rows])
         engine_skill = backend.score(skill_prompts, completions)
         engine_old = backend.score(prompts, completions)
-    completion_ids, completion_mask = trainer._pad(completions, "right")
-    trainer_skill = trainer._logps(*trainer._pad(skill_prompts, "left"), completion_ids, completion_mask)
-    trainer_old = trainer._logps(*trainer._pad(prompts, "left"), completion_ids, completion_mask)
+    completion_ids, completion_mask = pad(trainer, completions, "right")
+    trainer_skill = trainer._logps(*pad(trainer, skill_prompts, "left"), completion_ids, completion_mask)
+    trainer_old = trainer._logps(*pad(trainer, prompts, "left"), completion_ids, completion_mask)
     delta_gap, delta_max, score_gap = 0.0, 0.0, 0.0
     for i, completion in enumerate(completions):
         n = len(completion)
