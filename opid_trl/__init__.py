@@ -9,6 +9,7 @@ from opid_trl.algorithms.advantages import episode_step_advantages, outcome_adva
 from opid_trl.algorithms.routing import RoutedSkill, inject, inject_episode_skill, inject_step_skill, route_skills
 from opid_trl.config import OPIDConfig
 from opid_trl.generation import GenerationBackend, TransformersGenerationBackend
+from opid_trl.skills.conversation import returns_turns
 from opid_trl.skills.extractors import SkillExtractor, as_skill_extractor
 from opid_trl.trainer import OPIDTrainer
 from opid_trl.trajectory import EpisodeSkills, StepRecord, Trajectory
@@ -31,6 +32,7 @@ __all__ = [
     "inject_episode_skill",
     "inject_step_skill",
     "outcome_advantages",
+    "returns_turns",
     "route_skills",
     "skill_advantage",
 ]

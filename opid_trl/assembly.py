@@ -47,9 +47,15 @@ def check_before_loading(model: Any, processing_class: Any, args: OPIDConfig, ha
     """What can be refused before any model loads: episodes need a chat template, the policy
     extractor cannot generate under ZeRO-3 / FSDP (see `POLICY_EXTRACTOR_SHARDED`), and TRL agent
     rollouts are scored per turn on the trainer."""
+    rollout_func = trl_kwargs.get("rollout_func")
+    if extractor is not None and rollout_func is not None and not getattr(rollout_func, "opid_returns_turns", False):
+        raise ValueError("skill_extractor: with a rollout_func, skills are scored per assistant turn, which needs "
+                         f"the rollout's turns: return {' and '.join(conversation.TURN_FIELDS)} besides TRL's fields "
+                         "(see opid_trl.skills.conversation.TURN_FIELDS) and mark the function with "
+                         "@opid_trl.returns_turns")
     if extractor is not None and args.skill_logprob_backend == "vllm" and (
-            trl_kwargs.get("tools") or trl_kwargs.get("environment_factory")):
-        raise ValueError("skill_logprob_backend: TRL agent rollouts (tools / environment_factory) score each "
+            trl_kwargs.get("tools") or trl_kwargs.get("environment_factory") or rollout_func is not None):
+        raise ValueError("skill_logprob_backend: TRL agent rollouts (tools / environment_factory / rollout_func) score each "
                          "assistant turn after its own context on the trainer; use 'trainer'")
     if has_environment and not has_chat_template(model, processing_class):
         raise ValueError("processing_class: the tokenizer has no chat template, and every step of an episode is "
@@ -125,6 +131,39 @@ def skill_stage(extractor: SkillExtractor, args: OPIDConfig, policy: PolicyHandl
     return stage, reports, heatmaps
 
 
+def rollout_messages(trainer: Any, prompts: list, generated: tuple) -> tuple[list, list] | None:
+    """What the skill stage keeps of a TRL rollout (``generated``: `_generate`'s result): the prompts
+    as the policy saw them and the completion messages, for a tool rollout or a marked
+    ``rollout_func``'s (`conversation.returns_turns`); None when skills do not need them."""
+    if trainer.skill_stage is None:
+        return None
+    if trainer.rollout_func is not None:
+        extra = generated[5]
+        missing = conversation.missing_turn_fields(extra, generated[2])
+        if missing:
+            raise ValueError(f"rollout_func: marked @returns_turns, but its output has no {', '.join(missing)} "
+                             f"(see opid_trl.skills.conversation.TURN_FIELDS)")
+        return prompts, list(extra["turn_messages"])
+    return (prompts, generated[3]) if trainer.tools else None
+
+
+def environment_suffix_ids(trainer: Any, messages: list[dict]) -> list[int]:
+    """The tokens that follow an assistant turn for the environment's ``messages``: TRL's own for tool
+    results (`_get_tool_suffix_ids`), else the chat template's rendering of them after an assistant
+    turn, cut where TRL cuts (after the turn's EOS), with the generation prompt of the next turn."""
+    if all(m.get("role") == "tool" and m.get("name") for m in messages):
+        return list(trainer._get_tool_suffix_ids(messages))
+    dummy = [{"role": "user", "content": "dummy"}, {"role": "assistant", "content": "dummy"}]
+    kwargs = dict(chat_template=trainer.chat_template, tokenize=True, return_dict=False, **trainer.chat_template_kwargs)
+    render = trainer.processing_class.apply_chat_template
+    # the dummy turn rendered as a past turn in both (templates render the last assistant turn apart)
+    probe = list(render(dummy + [{"role": "user", "content": "probe"}], add_generation_prompt=False, **kwargs))
+    full = list(render(dummy + messages, add_generation_prompt=True, **kwargs))
+    shared = next((i for i, (a, b) in enumerate(zip(probe, full)) if a != b), min(len(probe), len(full)))
+    ends = [i for i in range(shared) if full[i] == trainer._tokenizer.eos_token_id]
+    return full[ends[-1] + 1 :] if ends else []
+
+
 def grpo_skill_inputs(trainer: Any, inputs: list[dict], output: dict[str, Any],
                       messages: tuple[list, list] | None) -> tuple[list[Trajectory], SkillRows]:
     """The trajectories and `SkillRows` of GRPO's batch: each completion a one-step trajectory
@@ -155,7 +194,7 @@ def grpo_skill_inputs(trainer: Any, inputs: list[dict], output: dict[str, Any],
     trajectories, rows, unusable = conversation.conversation_skill_inputs(
         messages[0], messages[1], output, rewards, first, trainer._trajectory_id, trainer.num_generations,
         args.success_threshold, args.analysis_gamma, lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
-        tokenize_prompt, lambda results: list(trainer._get_tool_suffix_ids(results)))
+        tokenize_prompt, lambda results: environment_suffix_ids(trainer, results))
     trainer.batch_metrics.log("train", "skill/rows_without_turn_skills", unusable)
     return trajectories, rows
 

@@ -262,8 +262,7 @@ class OPIDTrainer(GRPOTrainer):
     def _generate(self, prompts: list):
         """TRL's rollout, its prompts as the policy saw them and its messages kept for per-turn skills."""
         result = super()._generate(prompts)
-        if self.tools and self.skill_stage is not None:
-            self._rollout_messages = (prompts, result[3])
+        self._rollout_messages = assembly.rollout_messages(self, prompts, result)
         return result
 
     def _tool_call_loop(self, *args):

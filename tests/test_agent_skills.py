@@ -340,3 +340,71 @@ def test_generation_is_a_collective_under_sharding_and_vllm_across_processes():
     assert not generation_is_collective(2, None, True, "colocate")  # one engine per process
     assert generation_is_collective(4, None, True, "colocate", tensor_parallel_size=2)
     assert not generation_is_collective(8, None, False, None)  # DDP with transformers: each process alone
+
+
+ENVIRONMENT_REPLY = {"role": "user", "content": "Now say it again."}
+
+
+def two_turn_rollout(prompts: list, trainer) -> dict[str, list]:
+    """A custom rollout (TRL's `rollout_func`) of two turns: the policy answers, the environment replies
+    as a user message, the policy answers again. Returns TRL's fields, `env_mask`, and `turn_messages`."""
+    from opid_trl.assembly import environment_suffix_ids
+
+    tokenizer = trainer.processing_class
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    reply = environment_suffix_ids(trainer, [ENVIRONMENT_REPLY])
+
+    def sample(ids: list[int]) -> list[int]:
+        with torch.no_grad():
+            output = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                    max_new_tokens=5, do_sample=True, pad_token_id=tokenizer.pad_token_id)
+        return output[0, len(ids):].tolist() + [tokenizer.eos_token_id]
+
+    out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "turn_messages": []}
+    for prompt in prompts:
+        prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)["input_ids"]
+        first = sample(prompt_ids)
+        second = sample(prompt_ids + first + reply)
+        completion = first + reply + second
+        out["prompt_ids"].append(prompt_ids)
+        out["completion_ids"].append(completion)
+        out["logprobs"].append([0.0] * len(completion))
+        out["env_mask"].append([1] * len(first) + [0] * len(reply) + [1] * len(second))
+        out["turn_messages"].append([{"role": "assistant", "content": tokenizer.decode(first, skip_special_tokens=True)},
+                                     ENVIRONMENT_REPLY,
+                                     {"role": "assistant", "content": tokenizer.decode(second, skip_special_tokens=True)}])
+    return out
+
+
+def test_a_rollout_func_returning_its_turns_gets_a_skill_per_turn(tiny_model_dir, tmp_path):
+    from opid_trl import returns_turns
+
+    def build(rollout_func, extractor=None, **overrides):
+        return OPIDTrainer(model=tiny_model_dir, reward_funcs=length_reward,
+                           args=opid_args(tmp_path, skill_routing="additive", **overrides), train_dataset=tool_rows(),
+                           processing_class=tool_tokenizer(tiny_model_dir), rollout_func=rollout_func,
+                           skill_extractor=extractor)
+
+    # unmarked: refused before any model loads, naming what to return
+    with pytest.raises(ValueError, match="skill_extractor: .*env_mask and turn_messages.*returns_turns"):
+        build(two_turn_rollout, TurnSkills())
+    # marked, but without its turns: refused at the first batch, naming the missing field
+    without = returns_turns(lambda prompts, trainer: {k: v for k, v in two_turn_rollout(prompts, trainer).items()
+                                                      if k != "turn_messages"})
+    with pytest.raises(ValueError, match="rollout_func: .* no turn_messages"):
+        build(without, TurnSkills()).train()
+    extractor = TurnSkills()
+    trainer = build(returns_turns(two_turn_rollout), extractor)
+    recorder = Recorder(trainer)
+    trainer.train()
+    history = trainer.state.log_history[0]
+    assert history["skill/rows_without_turn_skills"] == 0
+    assert [len(t.steps) for t in extractor.seen] == [2] * 4
+    assert all(t.steps[1].observation == "Now say it again." for t in extractor.seen)
+    (episode_contexts, _, _), (step_contexts, step_ids, step_mask) = recorder.calls
+    assert len(episode_contexts) == 4 and len(step_contexts) == 8
+    decode = trainer.processing_class.decode
+    second_turn = decode(step_contexts[1])
+    assert second_turn.rsplit("<|im_start|>user", 1)[1].startswith("\nNow say it again.")
+    assert "Turn 1 advice." in second_turn.rsplit("<|im_start|>user", 1)[1]
+    assert int(step_mask[1].sum()) == 6  # the second turn's 5 sampled tokens and its EOS, nothing else

@@ -46,6 +46,29 @@ from opid_trl.skills.single_turn import unpadded
 from opid_trl.skills.stage import ScoringUnits, SkillRows
 from opid_trl.trajectory import StepRecord, Trajectory
 
+#: What a `rollout_func` returns, besides TRL's fields, for per-turn skills: ``env_mask`` (TRL's own key:
+#: per row, 1 on the tokens of the assistant turns, 0 on the environment's) and ``turn_messages`` (per
+#: row, the completion as chat messages in order: an assistant message per turn, and the messages the
+#: environment answered with in between, e.g. ``{"role": "tool", "name": ..., "content": ...}`` or a
+#: user message).
+TURN_FIELDS = ("env_mask", "turn_messages")
+
+
+def returns_turns(rollout_func: Callable) -> Callable:
+    """Mark a TRL ``rollout_func`` as returning `TURN_FIELDS`, so that `OPIDTrainer` with a skill
+    extractor scores a skill per assistant turn of its rollouts (without the mark, a skill extractor
+    with a ``rollout_func`` is refused: a single skill for a whole multi-turn completion would be
+    scored across the environment's tokens)."""
+    rollout_func.opid_returns_turns = True
+    return rollout_func
+
+
+def missing_turn_fields(output: dict[str, Any], env_mask: Any) -> list[str]:
+    """The `TURN_FIELDS` a marked ``rollout_func``'s output lacks (TRL has popped ``env_mask`` already)."""
+    return [name for name, present in (("env_mask", env_mask is not None), ("turn_messages", "turn_messages" in output))
+            if not present]
+
+
 #: (the row, prompt messages) -> their prompt token ids, rendered as TRL rendered that row's prompt.
 TokenizeRowPrompt = Callable[[int, list[dict]], list[int]]
 #: Tool messages -> the tokens TRL appends after an assistant turn for them (`_get_tool_suffix_ids`).
