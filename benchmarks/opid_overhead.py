@@ -11,6 +11,12 @@ rest: loss forward/backward and optimizer). The learning rate is 0 so that every
 the same policy. A random tiny model rarely ends an episode early, so every step plays the same
 number of rows.
 
+The ``tools`` workload is a TRL agent pipeline instead (`tools=[multiply]`, TRL's own tool-call
+loop, the tiny model's first turn scripted to call the tool, `opid_trl.testing.scripted_model`):
+every conversation has two assistant turns around a tool result, and OPID scores each turn's skill
+after its own context (`opid_trl.skills.conversation`); the skill passes are the same no-grad
+log-prob passes, so the same ratio applies.
+
     OMP_NUM_THREADS=1 python benchmarks/opid_overhead.py --steps 8
     OMP_NUM_THREADS=1 python benchmarks/opid_overhead.py --steps 8 --output benchmarks/results/opid_overhead.json
 """
@@ -37,8 +43,8 @@ from opid_trl import OPIDConfig, OPIDTrainer  # noqa: E402
 from opid_trl.skills.extractors import RuleBasedSkillExtractor  # noqa: E402
 from opid_trl.testing import save_tiny_model  # noqa: E402
 
-#: name -> (episodes per step, turns per episode, tokens per turn)
-WORKLOADS = {"8x4": (8, 4, 24), "16x4": (16, 4, 24)}
+#: name -> (episodes per step, turns per episode, tokens per turn); ``tools``: 8 conversations of TRL's tool loop
+WORKLOADS = {"8x4": (8, 4, 24), "16x4": (16, 4, 24), "tools": (8, 2, 40)}
 BREAKDOWN = ("time/rollout", "time/analysis_wait", "time/old_policy", "time/skill_scoring")
 SKILL_COEF = 1e-3
 
@@ -77,14 +83,47 @@ def timed_logps(trainer: OPIDTrainer) -> None:
     trainer._logps = logps
 
 
-def run_workload(model_dir: str, out: str, episodes: int, turns: int, tokens: int, steps: int) -> dict:
+def fetch_trainer(model_dir: str, out: str, episodes: int, turns: int, tokens: int, steps: int) -> OPIDTrainer:
+    """OPID on `fetch` episodes (step rows), the rule-based extractor."""
     config = OPIDConfig(output_dir=out, per_device_train_batch_size=episodes, num_generations=4,
                         max_steps=2 * steps + 3, max_completion_length=tokens, max_turns=turns, learning_rate=0.0,
                         beta=0.0, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False,
                         seed=0, skill_coef_episode=SKILL_COEF, skill_coef_step=SKILL_COEF, log_analyses=False)
-    trainer = OPIDTrainer(model=model_dir, args=config, environment="fetch",
-                          train_dataset=Dataset.from_list([{"seed": i} for i in range(4 * steps + 8)]),
-                          skill_extractor=RuleBasedSkillExtractor())
+    return OPIDTrainer(model=model_dir, args=config, environment="fetch",
+                       train_dataset=Dataset.from_list([{"seed": i} for i in range(4 * steps + 8)]),
+                       skill_extractor=RuleBasedSkillExtractor())
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers.
+
+    Args:
+        a: The first integer.
+        b: The second integer.
+    """
+    return a * b
+
+
+def tools_trainer(model_dir: str, out: str, episodes: int, turns: int, tokens: int, steps: int) -> OPIDTrainer:
+    """OPID on TRL's tool-call loop: every conversation calls `multiply` (scripted), then answers freely
+    within ``tokens`` tokens after the tool result (``turns`` = 2 assistant turns)."""
+    from opid_trl.testing import first_turn_asking, scripted_model, tool_call, tool_tokenizer
+
+    tokenizer = tool_tokenizer(model_dir)
+    model = scripted_model(model_dir, tokenizer, first_turn_asking("Multiply", tool_call("multiply", a=3, b=4)))
+    config = OPIDConfig(output_dir=out, per_device_train_batch_size=episodes, num_generations=4,
+                        max_steps=2 * steps + 3, max_completion_length=120 + tokens, max_tool_calling_iterations=turns - 1,
+                        learning_rate=0.0, beta=0.0, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                        bf16=False, seed=0, skill_coef_episode=SKILL_COEF, skill_coef_step=SKILL_COEF,
+                        log_analyses=False)
+    prompts = [{"prompt": [{"role": "user", "content": f"Multiply {i} by 4."}]} for i in range(4 * steps + 8)]
+    return OPIDTrainer(model=model, args=config, train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
+                       tools=[multiply], reward_funcs=lambda completions, **kw: [len(c[-1]["content"]) / 10
+                                                                                 for c in completions],
+                       skill_extractor=RuleBasedSkillExtractor())
+
+
+def run_workload(trainer: OPIDTrainer, episodes: int, turns: int, tokens: int) -> dict:
     trainer.skill_forward_seconds = 0.0
     timed_logps(trainer)
     clock = AlternateGRPOAndOPID(trainer)
@@ -102,8 +141,8 @@ def run_workload(model_dir: str, out: str, episodes: int, turns: int, tokens: in
     logs = [h for h in trainer.state.log_history if "loss" in h][2:]  # drop one warm-up step of each
     times = clock.times[2:]
     forward_seconds = forward_seconds[1:]
-    result: dict = {"episodes": episodes, "turns": turns, "tokens_per_turn": tokens,
-                    "rows": statistics.median(h["env/rows"] for h in logs)}
+    rows = statistics.median(h.get("env/rows", episodes) for h in logs)
+    result: dict = {"episodes": episodes, "turns": turns, "tokens_per_turn": tokens, "rows": rows}
     for kind in ("grpo", "opid"):
         kind_logs = [h for h, (k, _) in zip(logs, times) if k == kind]
         step = statistics.median(t for k, t in times if k == kind)
@@ -122,7 +161,8 @@ def run_workload(model_dir: str, out: str, episodes: int, turns: int, tokens: in
 
 
 def report(name: str, r: dict) -> None:
-    print(f"workload {name}: {r['episodes']} episodes x {r['turns']} turns, {r['tokens_per_turn']} tokens/turn, "
+    what = "conversations of TRL's tool loop" if name == "tools" else "episodes"
+    print(f"workload {name}: {r['episodes']} {what} x {r['turns']} turns, {r['tokens_per_turn']} tokens/turn, "
           f"{r['rows']:.0f} rows per step")
     print(f"  median step time   GRPO {r['grpo']['step_seconds']:.3f} s   OPID {r['opid']['step_seconds']:.3f} s")
     print(f"  OPID extra time    {r['opid_extra_seconds']:.3f} s")
@@ -147,7 +187,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(save_tiny_model(Path(tmp) / "model", hidden_size=args.hidden_size, num_layers=args.layers))
         for name in args.workloads:
-            results[name] = run_workload(model_dir, os.path.join(tmp, name), *WORKLOADS[name], steps=args.steps)
+            build = tools_trainer if name == "tools" else fetch_trainer
+            trainer = build(model_dir, os.path.join(tmp, name), *WORKLOADS[name], steps=args.steps)
+            results[name] = run_workload(trainer, *WORKLOADS[name])
             report(name, results[name])
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,18 @@
 """A tiny random chat model built from a config (no download), for tests, benchmarks and smoke runs.
 
 The tokenizer is a small BPE trained on the fly on text like the environments' prompts, so
-sequences stay short and a forward pass costs milliseconds on a CPU.
+sequences stay short and a forward pass costs milliseconds on a CPU. For TRL's tool-call loop the
+tiny model gets TRL's Qwen3 chat template (`tool_tokenizer`) and a scripted first turn
+(`scripted_model`): a random model never writes a well-formed tool call by itself.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -100,3 +105,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- TRL tool rollouts on the tiny model
+def tool_call(name: str, **arguments: Any) -> str:
+    """An assistant turn calling ``name`` in Qwen's format, ended like a real one."""
+    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call><|im_end|>"
+
+
+def tool_tokenizer(model_dir: str):
+    """A fresh tiny tokenizer with a tool-calling chat template (TRL sets its response parser on it)."""
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import qwen3_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = qwen3_chat_template
+    return tokenizer
+
+
+def scripted_model(model_dir: str, tokenizer, script: Callable[[str], str | None]):
+    """The tiny model, whose completions become ``script(prompt text)`` where that is not None: `generate`
+    still runs (and draws from the RNG) for every row, then those rows' completions are replaced."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    generate = model.generate
+
+    def scripted_generate(*args: Any, input_ids: "torch.Tensor", attention_mask: "torch.Tensor", **kwargs: Any):
+        output = generate(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        width = input_ids.size(1)
+        completions = []
+        for row, mask, generated in zip(input_ids, attention_mask, output[:, width:]):
+            text = script(tokenizer.decode(row[mask.bool()]))
+            completions.append(generated.tolist() if text is None else tokenizer.encode(text, add_special_tokens=False))
+        padded = torch.full((len(completions), max(map(len, completions))), tokenizer.pad_token_id,
+                            dtype=output.dtype, device=output.device)
+        for i, ids in enumerate(completions):
+            padded[i, : len(ids)] = torch.tensor(ids, dtype=output.dtype)
+        return torch.cat([input_ids, padded], dim=1)
+
+    model.generate = scripted_generate
+    return model
+
+
+def first_turn_asking(word: str, call: str) -> Callable[[str], str | None]:
+    """Call the tool on the first turn of prompts whose user message mentions ``word``; generate freely after."""
+
+    def script(prompt: str) -> str | None:
+        user = prompt.rsplit("<|im_start|>user", 1)[-1]
+        return call if word in user and "<tool_response>" not in user else None
+
+    return script

@@ -55,7 +55,7 @@ def tool_pipeline(model_dir: str) -> dict:
     """TRL's `tools` rollout (`tests.test_dropin_tools`): rank 0's prompts are answered in one turn, rank 1's
     call the tool first, so rank 0 leaves TRL's tool loop at once while rank 1 generates again (under
     ZeRO-3 a generation gathers the weights from every rank: without `generation.tool_loop` this hangs)."""
-    from tests.test_dropin_tools import first_turn_asking, scripted_model, tool_call, tool_tokenizer
+    from opid_trl.testing import first_turn_asking, scripted_model, tool_call, tool_tokenizer
 
     def multiply(a: int, b: int) -> int:
         """Multiply two integers.

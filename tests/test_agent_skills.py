@@ -2,7 +2,7 @@
 a skill per assistant turn, each scored after its own context on the same sampled tokens.
 
 The rollouts are TRL's real tool-call loop on the tiny model whose first turn is scripted to call a
-tool (`test_dropin_tools`); the turns after a tool result are sampled freely.
+tool (`opid_trl.testing.scripted_model`); the turns after a tool result are sampled freely.
 """
 
 from __future__ import annotations
@@ -17,19 +17,11 @@ from trl import GRPOConfig, GRPOTrainer
 from opid_trl import OPIDConfig, OPIDTrainer
 from opid_trl.algorithms.routing import EPISODE_SKILL_TITLE, STEP_SKILL_TITLE
 from opid_trl.skills.conversation import split_conversation, tool_call_text, turn_spans
+from opid_trl.testing import first_turn_asking, scripted_model, tool_call, tool_tokenizer
 from opid_trl.trajectory import EpisodeSkills
 
 from .test_dropin import length_reward, train_run
-from .test_dropin_tools import (
-    TOOL_ARGS,
-    Counter,
-    counter_reward,
-    first_turn_asking,
-    scripted_model,
-    tool_call,
-    tool_rows,
-    tool_tokenizer,
-)
+from .test_dropin_tools import TOOL_ARGS, Counter, counter_reward, tool_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using '.*', which is an experimental feature")
 
@@ -408,3 +400,26 @@ def test_a_rollout_func_returning_its_turns_gets_a_skill_per_turn(tiny_model_dir
     assert second_turn.rsplit("<|im_start|>user", 1)[1].startswith("\nNow say it again.")
     assert "Turn 1 advice." in second_turn.rsplit("<|im_start|>user", 1)[1]
     assert int(step_mask[1].sum()) == 6  # the second turn's 5 sampled tokens and its EOS, nothing else
+
+
+def test_heatmap_records_of_a_conversation_leave_tool_results_unscored(tiny_model_dir, tmp_path):
+    import json
+
+    from opid_trl.reporting.heatmap import render_report, token_advantages
+
+    trainer = tool_trainer(tiny_model_dir, tmp_path, TurnSkills(), skill_routing="additive", heatmap_rows=2)
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "heatmaps" / "step-0-rank0.jsonl").read_text()
+               .splitlines()]
+    assert {r["kind"] for r in records} == {"episode", "step"} and len(records) == 4  # 2 rows x 2 kinds
+    for record in records:
+        assert len(record["tokens"]) == len(record["l_skill"]) == len(record["l_old"])
+        text = "".join(record["tokens"])
+        unscored = "".join(t for t, v in zip(record["tokens"], record["l_skill"]) if v is None)
+        scored = "".join(t for t, v in zip(record["tokens"], record["l_skill"]) if v is not None)
+        # the tool result (and the next turn's header) is unscored, both assistant turns are scored
+        assert "<tool_response>" in unscored and "<tool_response>" not in scored and "<tool_call>" in scored
+        assert text.index("<tool_call>") < text.index("<tool_response>")
+        assert sum(v == v for v in token_advantages(record)) == sum(v is not None for v in record["l_skill"])
+    report = render_report(records)  # every token is rendered, the unscored ones grey
+    assert report.count('<span class="tok') >= sum(len(r["tokens"]) for r in records)

@@ -63,15 +63,17 @@ def test_vllm_rollout_benchmark_smoke(tmp_path):
 @pytest.mark.slow
 def test_opid_overhead_benchmark_smoke(tmp_path):
     output = tmp_path / "overhead.json"
-    stdout = run_script(["benchmarks/opid_overhead.py", "--steps", "1", "--workloads", "8x4", "--hidden-size", "32",
-                         "--layers", "2", "--output", str(output)])
-    result = json.loads(output.read_text())["workloads"]["8x4"]
-    assert "extra / forward" in stdout
-    assert 0 < result["rows"] <= 32  # 8 episodes x at most 4 turns
-    assert result["skill_forward_seconds"] > 0
-    assert result["opid"]["breakdown"]["time/skill_scoring"] > 0
-    assert result["grpo"]["breakdown"]["time/skill_scoring"] == 0  # GRPO steps run no skill pass
-    assert result["opid"]["breakdown"]["time/old_policy"] == 0  # aligned: l_old comes from the loss forward
+    stdout = run_script(["benchmarks/opid_overhead.py", "--steps", "1", "--workloads", "8x4", "tools", "--hidden-size",
+                         "32", "--layers", "2", "--output", str(output)])
+    results = json.loads(output.read_text())["workloads"]
+    assert "extra / forward" in stdout and "conversations of TRL's tool loop" in stdout
+    assert 0 < results["8x4"]["rows"] <= 32  # 8 episodes x at most 4 turns
+    assert results["tools"]["rows"] == 8  # one row per conversation
+    for result in results.values():
+        assert result["skill_forward_seconds"] > 0
+        assert result["opid"]["breakdown"]["time/skill_scoring"] > 0
+        assert result["grpo"]["breakdown"]["time/skill_scoring"] == 0  # GRPO steps run no skill pass
+        assert result["opid"]["breakdown"]["time/old_policy"] == 0  # aligned: l_old comes from the loss forward
 
 
 @pytest.mark.slow

@@ -2,70 +2,24 @@
 
 The tiny tokenizer gets TRL's Qwen3 chat template, which renders tool schemas and tool calls and for which
 TRL ships a response parser. A tiny random model never writes a well-formed tool call, so its first turn is
-scripted where the prompt asks for a tool: `generate` still runs (and draws from the RNG) for every row,
-then those rows' completions are replaced by the call. TRL's tool loop then runs the tool, appends its
-result and generates again, exactly as with a model that calls tools by itself.
+scripted where the prompt asks for a tool (`opid_trl.testing.scripted_model`). TRL's tool loop then runs the
+tool, appends its result and generates again, exactly as with a model that calls tools by itself.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl.chat_template_utils import qwen3_chat_template
+from transformers import AutoTokenizer
+
+from opid_trl.testing import first_turn_asking, scripted_model, tool_call, tool_tokenizer
 
 from .test_dropin import assert_chunked, assert_same_training, grpo_args, length_reward, train_pair
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are using '.*', which is an experimental feature")
-
-
-def tool_call(name: str, **arguments: Any) -> str:
-    """An assistant turn calling ``name`` in Qwen's format, ended like a real one."""
-    return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call><|im_end|>"
-
-
-def tool_tokenizer(model_dir: str):
-    """A fresh tiny tokenizer with a tool-calling chat template (TRL sets its response parser on it)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = qwen3_chat_template
-    return tokenizer
-
-
-def scripted_model(model_dir: str, tokenizer, script: Callable[[str], str | None]):
-    """The tiny model, whose completions become ``script(prompt text)`` where that is not None."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    generate = model.generate
-
-    def scripted_generate(*args: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any):
-        output = generate(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        width = input_ids.size(1)
-        completions = []
-        for row, mask, generated in zip(input_ids, attention_mask, output[:, width:]):
-            text = script(tokenizer.decode(row[mask.bool()]))
-            completions.append(generated.tolist() if text is None else tokenizer.encode(text, add_special_tokens=False))
-        padded = torch.full((len(completions), max(map(len, completions))), tokenizer.pad_token_id,
-                            dtype=output.dtype, device=output.device)
-        for i, ids in enumerate(completions):
-            padded[i, : len(ids)] = torch.tensor(ids, dtype=output.dtype)
-        return torch.cat([input_ids, padded], dim=1)
-
-    model.generate = scripted_generate
-    return model
-
-
-def first_turn_asking(word: str, call: str) -> Callable[[str], str | None]:
-    """Call the tool on the first turn of prompts whose user message mentions ``word``; generate freely after."""
-
-    def script(prompt: str) -> str | None:
-        user = prompt.rsplit("<|im_start|>user", 1)[-1]
-        return call if word in user and "<tool_response>" not in user else None
-
-    return script
 
 
 def tool_rows(n: int = 8) -> Dataset:

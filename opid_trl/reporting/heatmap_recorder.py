@@ -14,6 +14,7 @@ With `heatmap_rows=0` (the default) nothing is recorded and nothing is computed.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,15 @@ class HeatmapRecorder:
             length = int(completion_mask[row].sum())
             described = describe(row)
             for kind, logps in skill_logps.items():
-                if torch.isnan(logps[row, 0]):
+                values = logps[row, :length]
+                if torch.isnan(values).all():
                     continue
+                # tokens a skill did not score (a TRL tool result, another turn) are null: shown grey
                 record = {k: v for k, v in described.items() if k not in _KIND_KEYS}
                 record.update(kind=kind, skill=described.get(f"{kind}_skill") or "",
                               skill_prompt=described.get(f"{kind}_skill_prompt") or "",
-                              coef=described.get(f"{kind}_coef", 0.0), l_skill=logps[row, :length].tolist())
+                              coef=described.get(f"{kind}_coef", 0.0),
+                              l_skill=[None if math.isnan(v) else v for v in values.tolist()])
                 record["tokens"] = record["tokens"][:length]
                 self.pending.setdefault(row, []).append(record)
 
