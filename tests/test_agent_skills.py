@@ -426,3 +426,18 @@ def test_heatmap_records_of_a_conversation_leave_tool_results_unscored(tiny_mode
         assert sum(v == v for v in token_advantages(record)) == sum(v is not None for v in record["l_skill"])
     report = render_report(records)  # every token is rendered, the unscored ones grey
     assert report.count('<span class="tok') >= sum(len(r["tokens"]) for r in records)
+
+
+@pytest.mark.parametrize("setting", [dict(per_device_train_batch_size=12, num_generations=4),
+                                     dict(steps_per_generation=2)], ids=["chunked-loss", "explicit-old-pass"])
+def test_turn_skills_reach_the_chunked_loss_and_the_unaligned_path(tiny_model_dir, tmp_path, setting):
+    """12 rows per micro-step (above `max_rows_per_forward`: the chunked loss completes A_OPID from its
+    own no-grad pass), and two micro-steps per generation (l_old from an explicit old-policy pass)."""
+    trainer = tool_trainer(tiny_model_dir, tmp_path, TurnSkills(), **setting)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(h["skill/adv_abs_max"] > 0 for h in logged if "skill/adv_abs_max" in h)
+    assert any("skill/adv_abs_max" in h for h in logged)
+    assert logged[0]["skill/rows_without_turn_skills"] == 0 and logged[0]["skill/step_rows_scored"] > 0
+    explicit = "steps_per_generation" in setting
+    assert ("time/old_policy" in logged[0]) == explicit  # aligned: l_old comes from the loss's own pass
