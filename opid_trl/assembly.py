@@ -17,6 +17,7 @@ from opid_trl.generation.base import GenerationBackend, PolicyHandle, ScoringBac
 from opid_trl.generation.tool_loop import ToolLoopSync, generation_is_collective
 from opid_trl.generation.transformers import TransformersGenerationBackend
 from opid_trl.generation.vllm import SamplingSettings, VLLMColocateBackend, VLLMServerBackend
+from opid_trl.loss.inputs import ImportanceCorrection
 from opid_trl.reporting import model_card as card
 from opid_trl.reporting.batch_metrics import BatchMetrics
 from opid_trl.reporting.heatmap_recorder import HeatmapRecorder, HeatmapRenderCallback
@@ -197,6 +198,14 @@ def grpo_skill_inputs(trainer: Any, inputs: list[dict], output: dict[str, Any],
         tokenize_prompt, lambda results: environment_suffix_ids(trainer, results))
     trainer.batch_metrics.log("train", "skill/rows_without_turn_skills", unusable)
     return trajectories, rows
+
+
+def importance_correction(trainer: Any) -> ImportanceCorrection | None:
+    """TRL's sampler-vs-trainer importance correction of a run, when it applies (vLLM rollouts)."""
+    if not (trainer.use_vllm and trainer.vllm_importance_sampling_correction):
+        return None
+    return ImportanceCorrection(trainer.vllm_importance_sampling_mode, trainer.vllm_importance_sampling_clip_min,
+                                trainer.vllm_importance_sampling_clip_max)
 
 
 def complete_model_card(trainer: Any) -> None:

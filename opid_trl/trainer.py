@@ -31,8 +31,8 @@ from opid_trl.checkpoints import resolve_resume_checkpoint
 from opid_trl.config import OPIDConfig
 from opid_trl.generation.base import GenerationBackend, SyncState
 from opid_trl.generation.vllm_cpu import engine_setup
+from opid_trl.loss import inputs as loss_inputs
 from opid_trl.loss.chunked import SPLITTABLE_KEYS, backward_without_sync, check_finite, chunked_loss
-from opid_trl.loss.inputs import ImportanceCorrection, finalize, old_logps_needed_first, policy_passes
 from opid_trl.loss.random_state import uses_dropout
 from opid_trl.reporting.batch_metrics import log_step_completions
 from opid_trl.rollout import step_rows
@@ -141,7 +141,7 @@ class OPIDTrainer(GRPOTrainer):
             model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
             compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
         if self._loss_batch is not None:
-            self._complete_skill_advantages(self._loss_batch, logps.detach())
+            self._complete_loss_inputs(self._loss_batch, logps.detach())
             self._loss_batch = None
         return logps, entropies, aux
 
@@ -152,7 +152,7 @@ class OPIDTrainer(GRPOTrainer):
         log-probs and entropies and the policy has not moved since (aligned), they are the no-grad
         pass: it is not paid twice."""
         rows, chunk = inputs["completion_ids"].size(0), self.args.max_rows_per_forward
-        pending = any(key in inputs for key in SKILL_LOGPS_KEYS.values())
+        pending = any(key in inputs for key in (loss_inputs.PENDING_SAMPLER_KEY, *SKILL_LOGPS_KEYS.values()))
         if (return_outputs or rows <= chunk or not torch.is_grad_enabled() or set(inputs) - SPLITTABLE_KEYS
                 or self.aux_loss_enabled):
             self._loss_batch = inputs if pending else None
@@ -184,7 +184,7 @@ class OPIDTrainer(GRPOTrainer):
         return chunked_loss(forward, input_ids.size(0), self.args.max_rows_per_forward, input_ids.device,
                             (inputs["old_per_token_logps"], inputs["old_per_token_entropies"]) if reuse else None,
                             loss_on, lambda part: self._backward_without_sync(model, part, num_items_in_batch),
-                            (lambda logps: self._complete_skill_advantages(inputs, logps)) if pending else None)
+                            (lambda logps: self._complete_loss_inputs(inputs, logps)) if pending else None)
 
     def _generate_and_score_completions(self, inputs):
         """The batch for TRL's loss: episodes' step rows with an environment, else GRPO's own batch;
@@ -211,12 +211,12 @@ class OPIDTrainer(GRPOTrainer):
             engine = self.generation_backend if args.skill_logprob_backend == "vllm" else None
             rows = step_skill_rows(episodes, step, self.policy.tokenize_user_messages, engine,
                                    with_labels=args.skill_signal_diagnostics)
-        policy_passes(batch, step.sampling_logps, **self._policy_pass_settings(mode, extraction is not None))
+        loss_inputs.policy_passes(batch, step.sampling_logps, **self._policy_pass_settings(mode, extraction is not None))
         if extraction is not None:
             with self.batch_metrics.timed(mode, "time/skill_scoring"):
                 scored = self.skill_stage.add(batch, extraction, trajectories, rows, self.state.global_step)
                 self.skill_reports.batch(mode, self.state.global_step, batch, scored, rows, len(trajectories))
-        masked = finalize(batch, self.accelerator)
+        masked = loss_inputs.finalize(batch, self.accelerator)
         self.batch_metrics.step_batch(mode, step, episodes, self._runner, masked)
         if args.log_completions:
             log_step_completions(self._logs, self.reward_func_names[0], self._tokenizer, episodes, step.rows,
@@ -235,19 +235,20 @@ class OPIDTrainer(GRPOTrainer):
 
     def _policy_pass_settings(self, mode: str, skills_active: bool) -> dict[str, Any]:
         """What `loss.inputs.policy_passes` needs of this run: which passes, and how to run them."""
-        correction = None
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            correction = ImportanceCorrection(self.vllm_importance_sampling_mode,
-                                              self.vllm_importance_sampling_clip_min,
-                                              self.vllm_importance_sampling_clip_max)
         return {"aligned": self._aligned, "skills_need_old": self._needs_explicit_old_pass(skills_active),
                 "logps": self._logps, "reference_logps": self._reference_logps if self.beta != 0.0 else None,
-                "correction": correction, "timed": lambda name: self.batch_metrics.timed(mode, name)}
+                "correction": assembly.importance_correction(self), "timed": lambda name: self.batch_metrics.timed(mode, name)}
+
 
     # ============================================================== the skill stage
-    def _complete_skill_advantages(self, batch: step_rows.OPIDBatch, old_logps: torch.Tensor) -> torch.Tensor | None:
-        """A_OPID of ``batch`` in place (`SkillStage.complete`), and its reports; returns the
-        weighted skill part added (None without pending scores)."""
+    def _complete_loss_inputs(self, batch: step_rows.OPIDBatch, old_logps: torch.Tensor) -> torch.Tensor | None:
+        """What the loss forward completes from its own detached log-probs (``old_logps``, the old
+        policy's when aligned): pending importance weights (`loss.inputs.complete_importance_ratio`),
+        and A_OPID in place (`SkillStage.complete`) with its reports; returns the weighted skill part
+        added (None without pending scores)."""
+        loss_inputs.complete_importance_ratio(batch, old_logps, assembly.importance_correction(self))
+        if self.skill_stage is None:
+            return None
         outcome, row_index = batch["advantages"], batch.pop("opid_row_index", None)
         skill_part = self.skill_stage.complete(batch, old_logps)
         self.skill_reports.completed("train" if self.model.training else "eval", row_index, old_logps, skill_part,
@@ -256,7 +257,7 @@ class OPIDTrainer(GRPOTrainer):
 
     def _needs_explicit_old_pass(self, skills_active: bool) -> bool:
         """Whether skills need l_old before the loss step (`loss.inputs.old_logps_needed_first`)."""
-        return skills_active and old_logps_needed_first(self.args, self._aligned)
+        return skills_active and loss_inputs.old_logps_needed_first(self.args, self._aligned)
 
     # ============================================================== the single-turn (drop-in) path
     def _generate(self, prompts: list):

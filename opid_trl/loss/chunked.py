@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from opid_trl.loss.inputs import PENDING_SAMPLER_KEY
 from opid_trl.loss.random_state import RandomState
 from opid_trl.skills.scoring import SKILL_LOGPS_KEYS
 
@@ -26,7 +27,8 @@ from opid_trl.skills.scoring import SKILL_LOGPS_KEYS
 #: holding any other key goes through GRPO's loss unchunked).
 SPLITTABLE_KEYS = {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch",
                    "old_per_token_logps", "old_per_token_entropies", "ref_per_token_logps", "sampling_per_token_logps",
-                   "importance_sampling_ratio", "tool_mask", "opid_row_index", *SKILL_LOGPS_KEYS.values()}
+                   "importance_sampling_ratio", "tool_mask", "opid_row_index", PENDING_SAMPLER_KEY,
+                   *SKILL_LOGPS_KEYS.values()}
 
 #: ``forward(rows, with_entropy) -> (log-probs (C, T), entropies (C, T) or None)`` of the policy on
 #: the rows of a slice, with grad when grad is enabled.

@@ -3,7 +3,10 @@
 - the old policy's log-probs, when the loss step cannot stand in for them (the policy moved since
   sampling, skills scored on the trainer need them first, or vLLM's importance correction needs
   them next to the sampler's); when aligned, the entropies too, so the chunked loss reuses the pass;
-- TRL's sampler-vs-trainer importance weights (`algorithms.importance_sampling`);
+- TRL's sampler-vs-trainer importance weights (`algorithms.importance_sampling`); when aligned they
+  need no pass of their own: the loss forward's detached log-probs are the old policy's, so the
+  weights are left pending (`PENDING_SAMPLER_KEY`) and completed in the loss step
+  (`complete_importance_ratio`), as the skill advantage is;
 - the reference model's log-probs (the KL term, ``beta > 0``);
 - and, once the skill stage is done, the batch made safe for the loss (`finalize`): rows holding a
   non-finite value masked out, the token count of the whole generation batch.
@@ -29,6 +32,11 @@ logger = logging.getLogger(__name__)
 LogpsFn = Callable[..., Any]
 
 
+#: Batch key holding the sampler's log-probs (NaN where none) while the importance weights wait for
+#: the loss forward's l_old.
+PENDING_SAMPLER_KEY = "pending_sampler_logps"
+
+
 @dataclass(frozen=True)
 class ImportanceCorrection:
     """TRL's `vllm_importance_sampling_*` settings."""
@@ -38,23 +46,40 @@ class ImportanceCorrection:
     clip_max: float | None
 
 
+def complete_importance_ratio(batch: dict[str, torch.Tensor], old_logps: torch.Tensor,
+                              correction: ImportanceCorrection | None) -> None:
+    """``importance_sampling_ratio`` of a batch whose weights were left pending, from ``old_logps``
+    (B, T), the loss forward's detached log-probs (the old policy's: aligned). No-op otherwise."""
+    sampler = batch.pop(PENDING_SAMPLER_KEY, None)
+    if sampler is not None and correction is not None:
+        batch["importance_sampling_ratio"] = vllm_importance_ratio(
+            old_logps.detach(), sampler, batch["completion_mask"], correction.mode, correction.clip_min,
+            correction.clip_max)
+
+
 def policy_passes(batch: dict[str, torch.Tensor], sampling_logps: torch.Tensor | None, *, aligned: bool,
                   skills_need_old: bool, logps: LogpsFn, reference_logps: LogpsFn | None,
-                  correction: ImportanceCorrection | None, timed: Callable[[str], Any]) -> None:
+                  correction: ImportanceCorrection | None, timed: Callable[[str], Any],
+                  fuse_correction: bool = True) -> None:
     """Add to ``batch`` the old-policy log-probs (``old_per_token_logps``, and with ``aligned``
     ``old_per_token_entropies``), the importance weights (``importance_sampling_ratio``, with a
     ``correction``), the sampler's log-probs (``sampling_per_token_logps``, 0 where none) and the
     reference log-probs (``ref_per_token_logps``, with ``reference_logps``) that the loss step reads.
     ``sampling_logps``: (B, T) the sampler's log-probs, NaN where none, or None. ``timed(name)``: a
-    context that logs the wall time of the old-policy pass."""
+    context that logs the wall time of the old-policy pass. ``fuse_correction``: when aligned and
+    nothing else needs l_old first, leave the importance weights to the loss step (no pass here)."""
     tokens = (batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
-    if not aligned or (correction is not None and sampling_logps is not None) or skills_need_old:
+    corrects = correction is not None and sampling_logps is not None
+    fused = corrects and fuse_correction and aligned and not skills_need_old
+    if not aligned or (corrects and not fused) or skills_need_old:
         with timed("time/old_policy"):
             if aligned:  # the chunked loss reuses this pass as its own no-grad pass
                 batch["old_per_token_logps"], batch["old_per_token_entropies"] = logps(*tokens, with_entropy=True)
             else:
                 batch["old_per_token_logps"] = logps(*tokens)
-    if correction is not None:
+    if fused:
+        batch[PENDING_SAMPLER_KEY] = sampling_logps
+    elif correction is not None:
         batch["importance_sampling_ratio"] = torch.ones_like(batch["completion_mask"], dtype=torch.float32)
         if sampling_logps is not None:
             batch["importance_sampling_ratio"] = vllm_importance_ratio(
