@@ -58,7 +58,7 @@ class OPIDTrainer(GRPOTrainer):
         environment_kwargs: keyword arguments for the environment factory.
         skill_extractor: a `SkillExtractor`, a callable from completed `Trajectory` records to
             `EpisodeSkills` (or None for one it could not read), or the name of a built-in one
-            ('rule_based', 'self', 'openai', 'shuffled'). Without it the trainer is plain GRPO.
+            ('rule_based', 'self', 'openai', 'shuffled', 'scrambled'). Without it the trainer is plain GRPO.
         generation_backend: the rollout engine (default: transformers `generate`, or vLLM with `use_vllm`).
     """
 

@@ -10,6 +10,7 @@ from opid_trl.skills.extractors import (
     OpenAISkillExtractor,
     PolicySkillExtractor,
     RuleBasedSkillExtractor,
+    ScrambledSkillExtractor,
     ShuffledSkillExtractor,
     SkillExtractor,
     as_skill_extractor,
@@ -60,7 +61,8 @@ def test_the_base_class_declares_the_trainer_hooks_with_defaults():
 
 def test_built_in_extractors_are_skill_extractors():
     assert SKILL_EXTRACTORS == {"openai": OpenAISkillExtractor, "self": PolicySkillExtractor,
-                                "rule_based": RuleBasedSkillExtractor, "shuffled": ShuffledSkillExtractor}
+                                "rule_based": RuleBasedSkillExtractor, "shuffled": ShuffledSkillExtractor,
+                                "scrambled": ScrambledSkillExtractor}
     assert all(issubclass(cls, SkillExtractor) for cls in SKILL_EXTRACTORS.values())
     assert PolicySkillExtractor.supports_overlap is False and RuleBasedSkillExtractor.supports_overlap is True
 
@@ -92,7 +94,7 @@ def test_a_legacy_object_keeps_its_hooks():
 @pytest.mark.parametrize("bad", [42, {"name": "rule_based"}, ["rule_based"]])
 def test_anything_else_is_a_type_error_naming_the_argument(bad):
     with pytest.raises(TypeError, match=r"skill_extractor must be a SkillExtractor, a callable .* or the name of "
-                                        r"one \('openai', 'rule_based', 'self', 'shuffled'\)"):
+                                        r"one \('openai', 'rule_based', 'scrambled', 'self', 'shuffled'\)"):
         as_skill_extractor(bad)
 
 

@@ -315,3 +315,45 @@ def test_shuffled_skills_come_from_the_next_group():
     assert placebo([batch[0], batch[1]]) == [None, None]  # one group: nothing to swap with
     with pytest.raises(ValueError, match="inner"):
         make_skill_extractor("shuffled", inner="shuffled")
+
+
+def test_scrambled_skills_keep_their_episode_and_form_with_every_action_swapped():
+    import random
+
+    from opid_trl import StepRecord, Trajectory
+    from opid_trl.skills.extractors import ScrambledSkillExtractor, make_skill_extractor
+    from opid_trl.skills.extractors.scrambled import derangement, rewrite
+
+    # the rewrite: longest names first, in one pass (a replaced action is not replaced again)
+    mapping = {"go east": "look", "look": "take key", "take key": "go east"}
+    assert rewrite("go east (3 times) -> take key; 'look' here", mapping) == "look (3 times) -> go east; 'take key' here"
+    assert rewrite("take keys", {"take key": "go east", "take keys": "look"}) == "look"
+    assert rewrite(None, mapping) is None and rewrite("go east", {}) == "go east"
+    for seed in range(20):
+        perm = derangement(["a", "b", "c", "d"], random.Random(seed))
+        assert sorted(perm.values()) == ["a", "b", "c", "d"] and all(k != v for k, v in perm.items())
+    assert derangement(["a"], random.Random(0)) == {}
+
+    def trajectory(tid, group, target, rooms):
+        steps = [StepRecord(i, f"You are in room {i}.", "", "go east", True, 0.0) for i in range(rooms)]
+        steps.append(StepRecord(rooms, f"You are in room {rooms}. You see a {target}.", "", f"take {target}", True,
+                                10.0))
+        return Trajectory(tid, group, f"take the {target}.", steps, 10.0, True)
+
+    batch = [trajectory("a0", 0, "key", 2), trajectory("b0", 1, "cup", 3)]
+    own = make_skill_extractor("rule_based")(batch)
+    placebo = make_skill_extractor("scrambled", inner="rule_based", seed=3)
+    assert isinstance(placebo, ScrambledSkillExtractor)
+    scrambled = placebo(batch)
+    played = ["go east", "take cup", "take key"]
+    for mine, theirs in zip(own, scrambled):
+        # the same skill with the actions swapped: the task words stay, no action keeps its place
+        assert theirs.episode_skill != mine.episode_skill and "take the" in theirs.episode_skill
+        assert len(theirs.episode_skill.split(" -> ")) == len(mine.episode_skill.split(" -> "))
+        assert theirs.step_skills.keys() == mine.step_skills.keys()
+        assert theirs.meta["rules"]["episode"] == "scrambled:success_workflow"
+        for index, text in mine.step_skills.items():
+            named = [a for a in played if f"'{a}'" in text]
+            assert named and all(f"'{a}'" not in theirs.step_skills[index] for a in named)
+    with pytest.raises(ValueError, match="inner"):
+        make_skill_extractor("scrambled", inner="shuffled")

@@ -262,8 +262,8 @@ def test_one_check_of_the_extractor_name_for_run_files_and_python():
     from opid_trl.skills.extractors import make_skill_extractor
 
     with pytest.raises(ConfigError, match=r"skill_extractor.name: unknown skill extractor 'rules'; choose one of "
-                                          r"\['openai', 'rule_based', 'self', 'shuffled', 'none'\]"):
+                                          r"\['openai', 'rule_based', 'scrambled', 'self', 'shuffled', 'none'\]"):
         load_run_config(ROOT / "configs/quickstart_cpu.yaml", ["skill_extractor.name=rules"])
     with pytest.raises(ValueError, match=r"skill_extractor: unknown skill extractor 'rules'; choose one of "
-                                         r"\['openai', 'rule_based', 'self', 'shuffled'\]$"):
+                                         r"\['openai', 'rule_based', 'scrambled', 'self', 'shuffled'\]$"):
         make_skill_extractor("rules")

@@ -22,6 +22,7 @@ from opid_trl.skills.extractors.protocol import (
 from opid_trl.skills.extractors.record import render_record
 from opid_trl.skills.extractors.registry import SKILL_EXTRACTORS, as_skill_extractor, make_skill_extractor
 from opid_trl.skills.extractors.rule_based import RuleBasedSkillExtractor
+from opid_trl.skills.extractors.scrambled import ScrambledSkillExtractor
 from opid_trl.skills.extractors.shuffled import ShuffledSkillExtractor
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "OpenAISkillExtractor",
     "PolicySkillExtractor",
     "RuleBasedSkillExtractor",
+    "ScrambledSkillExtractor",
     "ShuffledSkillExtractor",
     "SkillExtractor",
     "SkillExtractorLike",

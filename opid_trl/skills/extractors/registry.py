@@ -9,6 +9,7 @@ from opid_trl.skills.extractors.openai_compatible import OpenAISkillExtractor
 from opid_trl.skills.extractors.policy import PolicySkillExtractor
 from opid_trl.skills.extractors.protocol import CallableSkillExtractor, SkillExtractor, SkillExtractorLike
 from opid_trl.skills.extractors.rule_based import RuleBasedSkillExtractor
+from opid_trl.skills.extractors.scrambled import ScrambledSkillExtractor
 from opid_trl.skills.extractors.shuffled import ShuffledSkillExtractor
 
 SKILL_EXTRACTORS: dict[str, type[SkillExtractor]] = {
@@ -16,7 +17,11 @@ SKILL_EXTRACTORS: dict[str, type[SkillExtractor]] = {
     "self": PolicySkillExtractor,
     "rule_based": RuleBasedSkillExtractor,
     "shuffled": ShuffledSkillExtractor,
+    "scrambled": ScrambledSkillExtractor,
 }
+
+#: The placebo controls: each wraps another extractor, named by its ``inner`` keyword.
+PLACEBOS = (ShuffledSkillExtractor, ScrambledSkillExtractor)
 
 
 def skill_extractor_class(name: Any, field: str = "skill_extractor", also: str | None = None) -> type[SkillExtractor]:
@@ -29,13 +34,15 @@ def skill_extractor_class(name: Any, field: str = "skill_extractor", also: str |
 
 
 def make_skill_extractor(name: str, **kwargs: Any) -> SkillExtractor:
-    """Build the skill extractor registered as ``name`` ('openai', 'self', 'rule_based', 'shuffled')."""
+    """Build the skill extractor registered as ``name`` ('openai', 'self', 'rule_based', 'shuffled',
+    'scrambled')."""
     cls = skill_extractor_class(name)
-    if cls is ShuffledSkillExtractor:  # the placebo wraps another extractor, built here by name
+    if cls in PLACEBOS:  # a placebo wraps another extractor, built here by name
         inner = kwargs.pop("inner", "rule_based")
-        if inner == "shuffled":
-            raise ValueError("skill_extractor: 'shuffled' needs another extractor as its inner one")
-        return ShuffledSkillExtractor(make_skill_extractor(inner, **kwargs) if isinstance(inner, str) else inner)
+        if isinstance(inner, str) and skill_extractor_class(inner) in PLACEBOS:
+            raise ValueError(f"skill_extractor: {name!r} needs another extractor than a placebo as its inner one")
+        own = {k: kwargs.pop(k) for k in ("seed",) if k in kwargs and cls is ScrambledSkillExtractor}
+        return cls(make_skill_extractor(inner, **kwargs) if isinstance(inner, str) else inner, **own)
     return cls(**kwargs)
 
 
