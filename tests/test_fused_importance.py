@@ -11,7 +11,6 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-
 from trl import GRPOTrainer
 
 from opid_trl import OPIDTrainer
