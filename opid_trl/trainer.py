@@ -242,17 +242,17 @@ class OPIDTrainer(GRPOTrainer):
 
     # ============================================================== the skill stage
     def _complete_loss_inputs(self, batch: step_rows.OPIDBatch, old_logps: torch.Tensor) -> torch.Tensor | None:
-        """What the loss forward completes from its own detached log-probs (``old_logps``, the old
-        policy's when aligned): pending importance weights (`loss.inputs.complete_importance_ratio`),
-        and A_OPID in place (`SkillStage.complete`) with its reports; returns the weighted skill part
-        added (None without pending scores)."""
-        loss_inputs.complete_importance_ratio(batch, old_logps, assembly.importance_correction(self))
+        """What the loss forward completes from its own detached log-probs (``old_logps``, the old policy's
+        when aligned): pending importance weights (`loss.inputs.complete_importance_ratio`, the sampler
+        gap logged), A_OPID in place (`SkillStage.complete`) with its reports; returns its skill part."""
+        mode, mask = "train" if self.model.training else "eval", batch["completion_mask"]
+        loss_inputs.complete_importance_ratio(batch, old_logps, assembly.importance_correction(self),
+                                              lambda sampler: self.batch_metrics.sampler_gap(mode, old_logps, sampler, mask))
         if self.skill_stage is None:
             return None
         outcome, row_index = batch["advantages"], batch.pop("opid_row_index", None)
         skill_part = self.skill_stage.complete(batch, old_logps)
-        self.skill_reports.completed("train" if self.model.training else "eval", row_index, old_logps, skill_part,
-                                     outcome, batch["completion_mask"])
+        self.skill_reports.completed(mode, row_index, old_logps, skill_part, outcome, mask)
         return skill_part
 
     def _needs_explicit_old_pass(self, skills_active: bool) -> bool:

@@ -38,8 +38,8 @@ class MadeUpSamplerLogprobs:
 
 
 def train(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch, mode: str, fused: bool, **overrides):
-    """Two steps; returns the losses, the final weights, the number of old-policy passes and every
-    importance ratio TRL's loss read."""
+    """Two steps; returns the losses, the final weights, the number of old-policy passes, every
+    importance ratio TRL's loss read and the logged sampler-vs-trainer gaps."""
     trainer = OPIDTrainer(model=tiny_model_dir, processing_class=tiny_tokenizer, environment=ShapedFetch,
                           args=tiny_config(tmp_path / f"{mode}-{fused}", beta=0.0, vllm_importance_sampling_mode=mode,
                                            vllm_importance_sampling_clip_min=0.5 if "mask" in mode else None,
@@ -64,7 +64,8 @@ def train(tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch, mode: str, fuse
         trainer.train()
     weights = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return losses, weights, len(passes), ratios
+    gaps = [h.get("sampling/logp_gap_max") for h in trainer.state.log_history if "loss" in h]
+    return losses, weights, len(passes), ratios, gaps
 
 
 @pytest.mark.parametrize("mode", ["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"])
@@ -81,6 +82,8 @@ def test_fused_importance_weights_equal_the_explicit_pass(tiny_model_dir, tiny_t
         torch.testing.assert_close(fused[1][name], weight, rtol=1e-5, atol=1e-7)
     for got, expected in zip(fused[3], explicit[3]):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # the sampler-vs-trainer gap is logged either way (fused: from the loss step)
+    assert None not in explicit[4] and fused[4] == pytest.approx(explicit[4], rel=1e-5)
     # the made-up sampler log-probs do move the weights: some ratio is not 1 (and with *_mask some is 0)
     assert any((r != 1).any() for r in explicit[3])
     if mode.endswith("mask"):

@@ -47,10 +47,14 @@ class ImportanceCorrection:
 
 
 def complete_importance_ratio(batch: dict[str, torch.Tensor], old_logps: torch.Tensor,
-                              correction: ImportanceCorrection | None) -> None:
+                              correction: ImportanceCorrection | None,
+                              report_gap: Callable[[torch.Tensor], None] | None = None) -> None:
     """``importance_sampling_ratio`` of a batch whose weights were left pending, from ``old_logps``
-    (B, T), the loss forward's detached log-probs (the old policy's: aligned). No-op otherwise."""
+    (B, T), the loss forward's detached log-probs (the old policy's: aligned); ``report_gap(sampler
+    log-probs)`` logs the sampler-vs-trainer gap there. No-op without pending weights."""
     sampler = batch.pop(PENDING_SAMPLER_KEY, None)
+    if sampler is not None and report_gap is not None:
+        report_gap(sampler)
     if sampler is not None and correction is not None:
         batch["importance_sampling_ratio"] = vllm_importance_ratio(
             old_logps.detach(), sampler, batch["completion_mask"], correction.mode, correction.clip_min,
