@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from opid_trl.skills.extractors.openai_compatible import OpenAISkillExtractor
+from opid_trl.skills.extractors.placebo import PlaceboSkillExtractor
 from opid_trl.skills.extractors.policy import PolicySkillExtractor
 from opid_trl.skills.extractors.protocol import CallableSkillExtractor, SkillExtractor, SkillExtractorLike
 from opid_trl.skills.extractors.rule_based import RuleBasedSkillExtractor
@@ -19,9 +20,6 @@ SKILL_EXTRACTORS: dict[str, type[SkillExtractor]] = {
     "shuffled": ShuffledSkillExtractor,
     "scrambled": ScrambledSkillExtractor,
 }
-
-#: The placebo controls: each wraps another extractor, named by its ``inner`` keyword.
-PLACEBOS = (ShuffledSkillExtractor, ScrambledSkillExtractor)
 
 
 def skill_extractor_class(name: Any, field: str = "skill_extractor", also: str | None = None) -> type[SkillExtractor]:
@@ -37,9 +35,9 @@ def make_skill_extractor(name: str, **kwargs: Any) -> SkillExtractor:
     """Build the skill extractor registered as ``name`` ('openai', 'self', 'rule_based', 'shuffled',
     'scrambled')."""
     cls = skill_extractor_class(name)
-    if cls in PLACEBOS:  # a placebo wraps another extractor, built here by name
+    if issubclass(cls, PlaceboSkillExtractor):  # a placebo wraps another extractor, built here by name
         inner = kwargs.pop("inner", "rule_based")
-        if isinstance(inner, str) and skill_extractor_class(inner) in PLACEBOS:
+        if isinstance(inner, str) and issubclass(skill_extractor_class(inner), PlaceboSkillExtractor):
             raise ValueError(f"skill_extractor: {name!r} needs another extractor than a placebo as its inner one")
         own = {k: kwargs.pop(k) for k in ("seed",) if k in kwargs and cls is ScrambledSkillExtractor}
         return cls(make_skill_extractor(inner, **kwargs) if isinstance(inner, str) else inner, **own)

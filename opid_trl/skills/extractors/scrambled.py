@@ -19,7 +19,8 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 
-from opid_trl.skills.extractors.protocol import ExtractorContext, SkillExtractor
+from opid_trl.skills.extractors.placebo import PlaceboSkillExtractor
+from opid_trl.skills.extractors.protocol import SkillExtractor
 from opid_trl.trajectory import EpisodeSkills, Trajectory
 
 
@@ -54,21 +55,14 @@ def _scrambled(skills: EpisodeSkills, mapping: Mapping[str, str]) -> EpisodeSkil
                          meta=meta)
 
 
-class ScrambledSkillExtractor(SkillExtractor):
+class ScrambledSkillExtractor(PlaceboSkillExtractor):
     """Each trajectory keeps the skills the ``inner`` extractor wrote for it, with its actions permuted."""
 
+    name = "scrambled"
+
     def __init__(self, inner: SkillExtractor, seed: int = 0) -> None:
-        if isinstance(inner, ScrambledSkillExtractor):
-            raise ValueError("skill_extractor: 'scrambled' needs another extractor as its inner one")
-        self.inner = inner
-        self.supports_overlap = self.inner.supports_overlap
+        super().__init__(inner)
         self._rng = random.Random(seed)
-
-    def bind(self, context: ExtractorContext) -> None:
-        self.inner.bind(context)
-
-    def pop_metrics(self) -> dict[str, float]:
-        return self.inner.pop_metrics()
 
     def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills | None]:
         """The inner extractor's skills, every action they name replaced by another one of the batch."""

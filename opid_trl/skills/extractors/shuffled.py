@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from opid_trl.skills.extractors.protocol import ExtractorContext, SkillExtractor
+from opid_trl.skills.extractors.placebo import PlaceboSkillExtractor
 from opid_trl.trajectory import EpisodeSkills, Trajectory
 
 
@@ -34,20 +34,10 @@ def _relabelled(skills: EpisodeSkills, num_steps: int) -> EpisodeSkills:
     return EpisodeSkills(skills.episode_skill, steps, error=skills.error, meta=meta)
 
 
-class ShuffledSkillExtractor(SkillExtractor):
+class ShuffledSkillExtractor(PlaceboSkillExtractor):
     """Each trajectory gets the skills the ``inner`` extractor wrote for the trajectory one group on."""
 
-    def __init__(self, inner: SkillExtractor) -> None:
-        if isinstance(inner, ShuffledSkillExtractor):
-            raise ValueError("skill_extractor: 'shuffled' needs another extractor as its inner one")
-        self.inner = inner
-        self.supports_overlap = self.inner.supports_overlap
-
-    def bind(self, context: ExtractorContext) -> None:
-        self.inner.bind(context)
-
-    def pop_metrics(self) -> dict[str, float]:
-        return self.inner.pop_metrics()
+    name = "shuffled"
 
     def __call__(self, trajectories: Sequence[Trajectory]) -> list[EpisodeSkills | None]:
         """The inner extractor's skills, each handed to the trajectory one group further on."""
