@@ -173,3 +173,20 @@ def test_ruff_is_clean():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_package_folder_is_a_regular_package():
+    """A folder of modules without ``__init__.py`` imports from a source tree (a namespace package)
+    but is left out of the built wheel (`packages = find:`), so an installed copy lacks it."""
+    folders = {path.parent for name in ("opid_trl", "environments") for path in (ROOT / name).rglob("*.py")
+               if "__pycache__" not in path.parts}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []
+
+
+def test_ruff_sees_every_module_of_the_package():
+    """Ruff skips what .gitignore matches: a pattern matching a package folder would hide it."""
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--show-files", str(ROOT)],
+                            capture_output=True, text=True, cwd=ROOT)
+    seen = {Path(line.strip()).resolve() for line in result.stdout.splitlines() if line.strip().endswith(".py")}
+    modules = {p.resolve() for p in (ROOT / "opid_trl").rglob("*.py") if "__pycache__" not in p.parts}
+    assert sorted(str(p.relative_to(ROOT)) for p in modules - seen) == []

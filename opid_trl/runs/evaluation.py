@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from environments.base import AgentEnvironment
-
 from opid_trl.rollout.episode import Episode
 from opid_trl.rollout.runner import EpisodeRunner
 

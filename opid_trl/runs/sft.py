@@ -34,13 +34,12 @@ measuring and studying the skill signal, not a recipe for a deployed agent.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from environments.base import AgentEnvironment, HistoryEntry, PromptView
-
 from opid_trl.algorithms.routing import RoutedSkill, inject, route_skills
 from opid_trl.trajectory import EpisodeSkills, StepRecord, Trajectory
 
