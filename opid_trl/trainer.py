@@ -239,7 +239,6 @@ class OPIDTrainer(GRPOTrainer):
                 "logps": self._logps, "reference_logps": self._reference_logps if self.beta != 0.0 else None,
                 "correction": assembly.importance_correction(self), "timed": lambda name: self.batch_metrics.timed(mode, name)}
 
-
     # ============================================================== the skill stage
     def _complete_loss_inputs(self, batch: step_rows.OPIDBatch, old_logps: torch.Tensor) -> torch.Tensor | None:
         """What the loss forward completes from its own detached log-probs (``old_logps``, the old policy's

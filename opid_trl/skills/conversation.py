@@ -1,5 +1,6 @@
-"""A TRL agent rollout (`tools=` / `environment_factory=`) as the skill stage sees it: one
-conversation per row, one step per assistant turn, one skill per turn.
+"""A TRL agent rollout (`tools=`, `environment_factory=`, or a `rollout_func` that returns its
+turns) as the skill stage sees it: one conversation per row, one step per assistant turn, one
+skill per turn.
 
 TRL rolls such an episode out as one completion: the assistant turns and the tool results in
 between, concatenated token by token (``completion_ids``), with ``tool_mask`` 0 on the tool
@@ -174,6 +175,11 @@ def with_block(message: dict, episode_skill: str | None, step_skill: str | None)
     return {**message, "content": inject(message_text(message), episode_skill, step_skill, None, None)}
 
 
+def with_prompt_block(prompt: list[dict], episode_skill: str | None, step_skill: str | None) -> list[dict]:
+    """The prompt messages with the skill block(s) appended to the last one (after the task)."""
+    return prompt[:-1] + [with_block(prompt[-1], episode_skill, step_skill)] if prompt else prompt
+
+
 @dataclass
 class _Unit:
     """One scoring unit: a row, the turn it scores (None: the episode unit) and the spans it keeps."""
@@ -203,8 +209,8 @@ def conversation_skill_rows(conversations: Sequence[Conversation | None], tokeni
         return summary
 
     def render(i: int, episode_skill: str | None, step_skill: str | None) -> list[dict]:
-        prompt = conversations[i].prompt if conversations[i] is not None else []
-        return prompt[:-1] + [with_block(prompt[-1], episode_skill, step_skill)] if prompt else prompt
+        return with_prompt_block(conversations[i].prompt if conversations[i] is not None else [], episode_skill,
+                                 step_skill)
 
     def units(per_episode: list[list[RoutedSkill]]) -> ScoringUnits:
         chosen = _units(usable, per_episode)
@@ -265,8 +271,7 @@ def _scoring_units(chosen: list[_Unit], conversations: Sequence[Conversation | N
         if c is None:
             return [0]
         if unit.turn is None or unit.turn == 0:
-            prompt = c.prompt[:-1] + [with_block(c.prompt[-1], episode_skill, step_skill)]
-            return tokenize_prompt(unit.row, prompt)
+            return tokenize_prompt(unit.row, with_prompt_block(c.prompt, episode_skill, step_skill))
         start = c.spans[unit.turn - 1][1]
         results = c.tool_results[unit.turn]
         suffix = tool_suffix_ids(results[:-1] + [with_block(results[-1], episode_skill, step_skill)])
