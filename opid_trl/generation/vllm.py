@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from opid_trl.generation.base import PolicyHandle, Sample, SamplingBackend
+from opid_trl.generation.base import PolicyHandle, PrefillCount, Sample, SamplingBackend
 from opid_trl.generation.vllm_cpu import is_cpu_engine, push_weights_to_server, reload_colocated_weights
 
 
@@ -86,6 +86,8 @@ class _VLLMBackend(SamplingBackend):
         self.vllm_generation = vllm_generation
         self.sampling = sampling
         self.weight_syncs = 0
+        #: what engine scoring computed (`score`), against what it was sent
+        self.prefill = PrefillCount()
 
     def _sync_if_stale(self) -> None:
         """Push the policy's weights when the engine holds an older optimizer step's (at most once per step)."""
@@ -115,22 +117,33 @@ class VLLMColocateBackend(_VLLMBackend):
         super().__init__(policy, vllm_generation, sampling)
         self.llm = self.vllm_generation.llm
         self._sleep = bool(self.vllm_generation.enable_sleep_mode)
+        self._open_sessions = 0
         if self._sleep and getattr(self.vllm_generation, "_llm_weights_sleeping", False):
             # TRL put the fresh engine to sleep at level 2 (weights discarded): the first session pushes them.
             self.llm.wake_up()
             self.vllm_generation._llm_weights_sleeping = False
             policy.sync.last_loaded_step = -1
 
+    @property
+    def forgets_prefix_cache(self) -> bool:
+        """Whether the engine's prefix cache is gone when a session closes (sleep mode discards the KV
+        cache): a caller that scores skill prompts after a rollout then holds one session over both."""
+        return self._sleep
+
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
-        """Wake the engine (sleep mode), sync stale weights, and put it back to sleep afterwards."""
-        if self._sleep:
+        """Wake the engine (sleep mode), sync stale weights, and put it back to sleep afterwards.
+        Sessions nest: only the outermost one wakes and sleeps."""
+        outermost = self._open_sessions == 0
+        if outermost and self._sleep:
             self.llm.wake_up()
+        self._open_sessions += 1
         try:
             self._sync_if_stale()
             yield
         finally:
-            if self._sleep:
+            self._open_sessions -= 1
+            if outermost and self._sleep:
                 self.llm.sleep(level=1)
 
     def _push_weights(self) -> None:
@@ -155,19 +168,50 @@ class VLLMColocateBackend(_VLLMBackend):
             samples.append(Sample(ids, logprobs))
         return samples
 
-    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Prompt log-probs of the given completions (no sampling, temperature 1): engine skill scoring."""
-        from vllm import SamplingParams
+    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+              reuse_prefix: bool = True) -> list[list[float]]:
+        """Prompt log-probs of the given completions (no sampling, temperature 1): engine skill scoring.
 
+        vLLM skips its prefix cache for requests that ask for prompt log-probs unless told not to
+        (``skip_reading_prefix_cache``, vLLM >= 0.11). With ``reuse_prefix`` the engine reads it:
+        a skill prompt shares its leading tokens with the prompt the engine just generated from
+        (the step skill sits late in the prompt), so only the blocks from the first changed one
+        are computed. Positions served from the cache come back without valid log-probs; a row
+        whose completion reached into the cache (a sequence scored before) is scored again without it.
+        """
         if not prompt_ids:
             return []
         sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
-        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        starts = [len(p) for p in prompt_ids]
+        values: list[list[float] | None] = [None] * len(sequences)
+        pending = list(range(len(sequences)))
+        for read_cache in ((True, False) if reuse_prefix and prefix_reads_supported() else (False,)):
+            outputs = self._prompt_logprobs([sequences[i] for i in pending], read_cache)
+            missing = []
+            for i, output in zip(pending, outputs):
+                # the log-prob of token j needs the logits of position j - 1, computed only past the cache
+                if (output.num_cached_tokens or 0) >= starts[i]:
+                    missing.append(i)  # the completion came from the cache (scored before): again, below
+                    continue
+                row = output.prompt_logprobs[starts[i]:]
+                values[i] = [position[token].logprob for position, token in zip(row, sequences[i][starts[i]:])]
+            pending = missing
+        if pending:
+            raise RuntimeError(f"the engine returned no prompt log-probs for {len(pending)} scored rows")
+        self.prefill.rows += len(sequences)
+        return values  # type: ignore[return-value]
+
+    def _prompt_logprobs(self, sequences: list[list[int]], read_cache: bool) -> list[Any]:
+        """One engine pass over ``sequences`` with prompt log-probs; counts the tokens it computed."""
+        from vllm import SamplingParams
+
+        options: dict[str, Any] = {"skip_reading_prefix_cache": not read_cache} if prefix_reads_supported() else {}
+        # no detokenizing: it would read the ids of cached positions, which are not filled in
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False, **options)
         outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False)
-        return [
-            [output.prompt_logprobs[i][seq[i]].logprob for i in range(len(prompt), len(seq))]
-            for output, seq, prompt in zip(outputs, sequences, prompt_ids)
-        ]
+        for sequence, output in zip(sequences, outputs):
+            self.prefill.add(tokens=len(sequence), computed=len(sequence) - (output.num_cached_tokens or 0))
+        return outputs
 
 
 class VLLMServerBackend(_VLLMBackend):
@@ -227,13 +271,29 @@ class VLLMServerBackend(_VLLMBackend):
         return [Sample(list(ids), [lp[0] for lp in logprobs])
                 for ids, logprobs in zip(output["completion_ids"], output["logprobs"])]
 
-    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Per-token log-probs of the given completions after their prompts, computed by the server."""
+    def score(self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]],
+              reuse_prefix: bool = True) -> list[list[float]]:
+        """Per-token log-probs of the given completions after their prompts, computed by the server.
+
+        Always a full prefill (``reuse_prefix`` has no effect): vLLM's ``/v1/completions`` has no
+        field for ``skip_reading_prefix_cache``, which defaults to True for requests that ask for
+        prompt log-probs (vLLM 0.30: ``CompletionRequest.to_sampling_params``)."""
         if not prompt_ids:
             return []
         sequences = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids)]
         result = self.client.get_sequence_logprobs(sequences, [len(p) for p in prompt_ids], top_logprobs=0)
+        self.prefill.rows += len(sequences)
+        for sequence in sequences:  # the server's completions endpoint never reads the prefix cache here
+            self.prefill.add(tokens=len(sequence), computed=len(sequence))
         return [[position[0] for position in row] for row in result["actual_logprobs"]]
+
+
+def prefix_reads_supported() -> bool:
+    """Whether the installed vLLM lets prompt-log-prob requests read the prefix cache
+    (``SamplingParams.skip_reading_prefix_cache``)."""
+    from vllm import SamplingParams
+
+    return "skip_reading_prefix_cache" in getattr(SamplingParams, "__struct_fields__", ())
 
 
 def sampler_logprobs_are_plain(backend: Any) -> bool:

@@ -149,19 +149,47 @@ def without_nccl_communicator() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def engine_setup(use_vllm: bool, vllm_mode: str, on_accelerator: bool) -> Iterator[None]:
-    """Around `GRPOTrainer.__init__`, which builds the vLLM engine (colocate) or client (server):
-    give a CPU engine what it needs (its environment variables; a server client without the NCCL
-    communicator, which has no CPU backend)."""
-    if not use_vllm or on_accelerator:
+def engine_options(options: dict[str, Any]) -> Iterator[None]:
+    """Build TRL's colocated engine with ``options`` added to its ``LLM(...)`` arguments
+    (`OPIDConfig.vllm_dtype`, `OPIDConfig.vllm_block_size`; TRL passes neither).
+
+    Contract with the pinned TRL: `trl.generation.vllm_generation` builds the engine through its
+    module-level name ``LLM``, wrapped here for the duration of `GRPOTrainer.__init__` only."""
+    if not options:
         yield
         return
-    os.environ.update(engine_environment())
-    if vllm_mode == "server":
-        with without_nccl_communicator():
-            yield
+    from trl.generation import vllm_generation
+
+    original = vllm_generation.LLM
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **{**kwargs, **options})
+
+    vllm_generation.LLM = build
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = original
+
+
+@contextlib.contextmanager
+def engine_setup(args: Any, on_accelerator: bool) -> Iterator[None]:
+    """Around `GRPOTrainer.__init__`, which builds the vLLM engine (colocate) or client (server),
+    for the `OPIDConfig` ``args``: the colocated engine's dtype and block size (`engine_options`); on
+    CPU what the engine needs (its environment variables; a server client without the NCCL
+    communicator, which has no CPU backend)."""
+    if not args.use_vllm:
+        yield
         return
-    yield
+    with contextlib.ExitStack() as stack:
+        if args.vllm_mode == "colocate":
+            options = {"dtype": args.vllm_dtype, "block_size": args.vllm_block_size}
+            stack.enter_context(engine_options({k: v for k, v in options.items() if v not in (None, "auto")}))
+        if not on_accelerator:
+            os.environ.update(engine_environment())
+            if args.vllm_mode == "server":
+                stack.enter_context(without_nccl_communicator())
+        yield
 
 
 def server_command(model: str, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from opid_trl.algorithms.routing import RoutedSkill
-from opid_trl.generation.base import ScoringBackend
+from opid_trl.generation.base import PrefillCount, ScoringBackend
 from opid_trl.rollout.step_rows import ragged_rows
 
 SKILL_KINDS = ("episode", "step")
@@ -83,6 +83,8 @@ class SkillScores:
     over_budget: dict[str, int] = field(default_factory=dict)
     #: Every real row that has at least one skill score.
     scored_rows: list[int] = field(default_factory=list)
+    #: What scoring on the rollout engine computed (None: scored on the trainer).
+    engine_prefill: PrefillCount | None = None
 
 
 def score_skills(passes: Sequence[SkillPass], routed: Sequence[RoutedSkill], render: RenderSkillPrompt,
@@ -136,8 +138,8 @@ def engine_old_logps(backend: ScoringBackend, prompts: Sequence[Sequence[int]], 
         return torch.nan_to_num(sampler_logps, nan=0.0)
     old = torch.zeros(shape, dtype=torch.float32, device=device)
     if rows:
-        with backend.session():
-            values = backend.score([prompts[i] for i in rows], [completions[i] for i in rows])
+        with backend.session():  # the engine generated these sequences whole: nothing to reuse
+            values = backend.score([prompts[i] for i in rows], [completions[i] for i in rows], reuse_prefix=False)
         old[torch.tensor(list(rows), dtype=torch.long, device=device)] = ragged_rows(values, len(rows), shape[1],
                                                                                      0.0, device)
     return old

@@ -27,7 +27,7 @@ import torch
 
 from opid_trl.algorithms.advantages import opid_advantages
 from opid_trl.algorithms.routing import RoutedSkill
-from opid_trl.generation.base import ScoringBackend
+from opid_trl.generation.base import ScoringBackend, prefill_count
 from opid_trl.skills.extraction import ExtractionResult, SkillExtraction
 from opid_trl.skills.scoring import (
     SKILL_LOGPS_KEYS,
@@ -172,6 +172,7 @@ class SkillStage:
         per_trajectory = self.extraction.route(global_step, trajectories, result)
         routed = rows.routing(per_trajectory)
         completion_ids, completion_mask = batch["completion_ids"], batch["completion_mask"]
+        engine_cost_before = prefill_count(self.scoring_backend)
         if rows.units is not None:
             scores = self._score_units(rows.units(per_trajectory), completion_ids.size(1))
         else:
@@ -185,6 +186,7 @@ class SkillStage:
             old_logps = engine_old_logps(self.scoring_backend, engine.prompt_ids, engine.completion_ids,
                                          engine.sampling_logps if engine.logprobs_are_plain else None,
                                          scores.scored_rows, tuple(completion_ids.shape), completion_ids.device)
+            scores.engine_prefill = prefill_count(self.scoring_backend).since(engine_cost_before)
         return ScoredSkills(result, routed, scores, old_logps, waited, time.perf_counter() - start)
 
     def _score_units(self, units: ScoringUnits, completion_width: int) -> SkillScores:
