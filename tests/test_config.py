@@ -91,6 +91,9 @@ def test_grpo_validation_still_applies():
         (dict(skill_logprob_backend="vllm"), "skill_logprob_backend"),  # needs use_vllm
         (dict(async_episodes=True), "async_episodes"),  # needs a server
         (dict(async_episodes=True, use_vllm=True, vllm_mode="colocate"), "async_episodes"),
+        (dict(vllm_dtype="float64"), "vllm_dtype"),
+        (dict(vllm_block_size=0), "vllm_block_size"),
+        (dict(vllm_block_size=32.5), "vllm_block_size"),
     ],
 )
 def test_vllm_options_are_checked(settings, field):
