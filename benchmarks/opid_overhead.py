@@ -123,20 +123,27 @@ def tools_trainer(model_dir: str, out: str, episodes: int, turns: int, tokens: i
                        skill_extractor=RuleBasedSkillExtractor())
 
 
-def run_workload(trainer: OPIDTrainer, episodes: int, turns: int, tokens: int) -> dict:
+def skill_forward_seconds(trainer: OPIDTrainer) -> list[float]:
+    """Per skill stage (one per OPID step), the seconds of the no-grad passes the trainer ran in
+    that step up to it (`timed_logps`): with beta 0 and aligned steps, the skill passes."""
     trainer.skill_forward_seconds = 0.0
     timed_logps(trainer)
-    clock = AlternateGRPOAndOPID(trainer)
-    trainer.add_callback(clock)
-    forward_seconds: list[float] = []
+    seconds: list[float] = []
     original_add = trainer.skill_stage.add
 
     def add_skills(*args, **kwargs):
         scored = original_add(*args, **kwargs)
-        forward_seconds.append(trainer.skill_forward_seconds)
+        seconds.append(trainer.skill_forward_seconds)
         return scored
 
     trainer.skill_stage.add = add_skills
+    return seconds
+
+
+def run_workload(trainer: OPIDTrainer, episodes: int, turns: int, tokens: int) -> dict:
+    forward_seconds = skill_forward_seconds(trainer)
+    clock = AlternateGRPOAndOPID(trainer)
+    trainer.add_callback(clock)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h][2:]  # drop one warm-up step of each
     times = clock.times[2:]

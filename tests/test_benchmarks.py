@@ -83,6 +83,30 @@ def test_vllm_rollout_benchmark_smoke(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_step_cost_benchmark_smoke(tmp_path):
+    """The quickstart's step on the engine vs transformers, at smoke size: alternating GRPO/OPID
+    steps, the trainer-forward yardstick on the engine path, the prefix cache's effect."""
+    require_vllm()
+    output = tmp_path / "step_cost.json"
+    stdout = run_script(["benchmarks/vllm_step_cost.py", "--smoke", "--pairs", "1", "--cases", "engine", "transformers",
+                         "engine_no_prefix_reuse", "--output", str(output)])
+    summary = json.loads(output.read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == summary
+    engine, plain = summary["results"]["engine"], summary["results"]["transformers"]
+    for result in (engine, plain):
+        assert result["grpo"]["steps_measured"] == result["opid"]["steps_measured"] == 1
+        assert result["skill_forward_s"] > 0 and 0 <= result["decode_slots_idle_frac"] < 1
+        assert "time/skill_scoring" not in result["grpo"]  # GRPO steps score nothing
+    assert engine["opid"]["skill/engine_prefill_tokens_per_row"] > 0
+    assert "skill/engine_prefill_tokens_per_row" not in plain["opid"]  # scored on the trainer
+    before = summary["results"]["engine_no_prefix_reuse"]["opid"]
+    assert before["skill/engine_prefix_cached_frac"] == 0.0
+    assert summary["ratios"]["engine_prefill_tokens_per_row_after_vs_before"] <= 1.0
+    assert summary["ratios"]["engine_opid_step_vs_transformers_opid_step"] > 0
+
+
+@pytest.mark.slow
 def test_opid_overhead_benchmark_smoke(tmp_path):
     output = tmp_path / "overhead.json"
     stdout = run_script(["benchmarks/opid_overhead.py", "--steps", "1", "--workloads", "8x4", "tools", "--hidden-size",
