@@ -94,6 +94,9 @@ def test_colocated_engine_trains_opid_and_syncs_weights(vllm_model_dir, tmp_path
         assert reuse["logp_gap"] < COLOCATED_TOL, kind
         assert reuse["computed_per_row_full"] == reuse["tokens_per_row"], kind
         assert reuse["computed_per_row_reused"] <= reuse["expected_computed_per_row_reused"] + 1e-6, kind
+        # rows scored before: their whole blocks come from the cache; a row whose scored tokens
+        # reach into a cached block is scored again without the cache: the same values either way
+        assert reuse["again_logp_gap"] == 0.0 and reuse["again_computed_per_row"] < reuse["tokens_per_row"], kind
     step = result["prefix_reuse"]["step"]  # a step skill sits late in the prompt: at least one block reused
     assert step["computed_per_row_reused"] <= step["tokens_per_row"] - step["block_size"]
 
@@ -115,6 +118,9 @@ def test_colocated_float32_engine_with_small_blocks(vllm_model_dir, tmp_path):
         assert reuse["logp_gap"] < SERVER_TOL, kind
         assert reuse["computed_per_row_reused"] <= reuse["expected_computed_per_row_reused"] + 1e-6, kind
         assert reuse["computed_per_row_reused"] < reuse["tokens_per_row"] - reuse["shared_prefix_per_row"] + 32, kind
+        assert reuse["again_logp_gap"] < SERVER_TOL, kind
+    # with 32-token blocks some completions cross a block boundary: scored again, without the cache
+    assert sum(reuse["again_rescored_rows"] for reuse in result["prefix_reuse"].values()) > 0
 
 
 def run_server_workers(vllm_model_dir: str, url: str, tmp_path: Path, *extra: str) -> dict:

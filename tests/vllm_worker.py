@@ -72,6 +72,10 @@ def prefix_reuse(backend, prompt_ids: list[list[int]], completions: list[list[in
     middle = prefill_count(backend)
     full = backend.score(prompt_ids, completions, reuse_prefix=False)
     cost_reused, cost_full = middle.since(start), prefill_count(backend).since(middle)
+    # the same rows again: their scored tokens are in the cache now, so each is scored a second time without it
+    end = prefill_count(backend)
+    again = backend.score(prompt_ids, completions)
+    cost_again = prefill_count(backend).since(end)
     return {
         "computed_per_row_reused": cost_reused.computed / cost_reused.rows,
         "computed_per_row_full": cost_full.computed / cost_full.rows,
@@ -82,6 +86,9 @@ def prefix_reuse(backend, prompt_ids: list[list[int]], completions: list[list[in
             len(p) + len(c) - shared_prefix(p, o) // block * block for p, c, o in zip(prompt_ids, completions, originals)),
         "block_size": block,
         "logp_gap": max((torch.tensor(a) - torch.tensor(b)).abs().max().item() for a, b in zip(reused, full)),
+        "again_computed_per_row": cost_again.computed / cost_again.rows,
+        "again_rescored_rows": cost_again.rescored,
+        "again_logp_gap": max((torch.tensor(a) - torch.tensor(b)).abs().max().item() for a, b in zip(again, full)),
     }
 
 

@@ -15,6 +15,7 @@ and the small state they share with the training loop), never from the trainer:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -90,6 +91,8 @@ class PrefillCount:
     rows: int = 0
     tokens: int = 0
     computed: int = 0
+    #: rows whose scored tokens the cache held (scored before), so they were scored again without it
+    rescored: int = 0
 
     def add(self, tokens: int, computed: int) -> None:
         """One request: ``tokens`` sent, ``computed`` of them not served from the prefix cache."""
@@ -98,7 +101,8 @@ class PrefillCount:
 
     def since(self, earlier: PrefillCount) -> PrefillCount:
         """The count accumulated after ``earlier`` (a copy taken before)."""
-        return PrefillCount(self.rows - earlier.rows, self.tokens - earlier.tokens, self.computed - earlier.computed)
+        return PrefillCount(self.rows - earlier.rows, self.tokens - earlier.tokens, self.computed - earlier.computed,
+                            self.rescored - earlier.rescored)
 
 
 @runtime_checkable
@@ -118,7 +122,7 @@ class ScoringBackend(Protocol):
 def prefill_count(backend: Any) -> PrefillCount:
     """A copy of ``backend``'s scoring cost so far (all zero for a backend that does not count)."""
     count = getattr(backend, "prefill", None)
-    return PrefillCount(count.rows, count.tokens, count.computed) if count is not None else PrefillCount()
+    return dataclasses.replace(count) if count is not None else PrefillCount()
 
 
 def sample_with(backend: GenerationBackend, prompt_ids: Sequence[Sequence[int]]) -> list[Sample]:

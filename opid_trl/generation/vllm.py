@@ -196,6 +196,7 @@ class VLLMColocateBackend(_VLLMBackend):
                 row = output.prompt_logprobs[starts[i]:]
                 values[i] = [position[token].logprob for position, token in zip(row, sequences[i][starts[i]:])]
             pending = missing
+            self.prefill.rescored += len(missing) if read_cache else 0
         if pending:
             raise RuntimeError(f"the engine returned no prompt log-probs for {len(pending)} scored rows")
         self.prefill.rows += len(sequences)

@@ -103,9 +103,11 @@ class BatchMetrics:
             self.log(mode, f"skill/{kind}_prompt_over_budget", over)
         if scores.engine_prefill is not None:  # scored on the rollout engine: what its prefix cache saved
             cost = scores.engine_prefill
-            rows, tokens, computed = global_sum(self.accelerator, [cost.rows, cost.tokens, cost.computed])
+            rows, tokens, computed, rescored = global_sum(self.accelerator, [cost.rows, cost.tokens, cost.computed,
+                                                                             cost.rescored])
             self.log(mode, "skill/engine_prefill_tokens_per_row", computed / rows if rows else 0.0)
             self.log(mode, "skill/engine_prefix_cached_frac", 1.0 - computed / tokens if tokens else 0.0)
+            self.log(mode, "skill/engine_rescored_rows", rescored)
 
     def routing(self, mode: str, routed: Sequence[RoutedSkill], failures: int, num_trajectories: int) -> float:
         """Routing shares and analysis failures; returns the failure rate over every process."""
