@@ -147,6 +147,9 @@ def check_server_result(result: dict, exact_skill_scoring: bool = True) -> None:
             assert rank_result["skill_delta_gap"] < SERVER_TOL
         else:  # the engine's untempered shift approximates the trainer's tempered one
             assert rank_result["skill_delta_gap"] < rank_result["skill_delta_abs_max"]
+        for reuse in rank_result["prefix_reuse"].values():  # a server always scores with a full prefill
+            assert reuse["computed_per_row_reused"] == reuse["tokens_per_row"] == reuse["expected_computed_per_row_reused"]
+            assert reuse["again_rescored_rows"] == 0 and reuse["logp_gap"] < SERVER_TOL
 
 
 def test_server_two_processes_uneven_turns(vllm_model_dir, server, tmp_path):

@@ -66,7 +66,8 @@ def prefix_reuse(backend, prompt_ids: list[list[int]], completions: list[list[in
 
     from opid_trl.generation.base import prefill_count
 
-    block = backend.llm.llm_engine.vllm_config.cache_config.block_size
+    llm = getattr(backend, "llm", None)  # a server never reads its prefix cache for scoring: no block reused
+    block = llm.llm_engine.vllm_config.cache_config.block_size if llm is not None else None
     start = prefill_count(backend)
     reused = backend.score(prompt_ids, completions)
     middle = prefill_count(backend)
@@ -83,7 +84,8 @@ def prefix_reuse(backend, prompt_ids: list[list[int]], completions: list[list[in
         "shared_prefix_per_row": sum(map(shared_prefix, prompt_ids, originals)) / len(originals),
         # what a prefix cache of whole blocks can serve: the shared prefix's full blocks
         "expected_computed_per_row_reused": statistics.mean(
-            len(p) + len(c) - shared_prefix(p, o) // block * block for p, c, o in zip(prompt_ids, completions, originals)),
+            len(p) + len(c) - (shared_prefix(p, o) // block * block if block else 0)
+            for p, c, o in zip(prompt_ids, completions, originals)),
         "block_size": block,
         "logp_gap": max((torch.tensor(a) - torch.tensor(b)).abs().max().item() for a, b in zip(reused, full)),
         "again_computed_per_row": cost_again.computed / cost_again.rows,
