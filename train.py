@@ -100,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except RunDirError as exc:
         if str(exc):  # said once, by the main process
             print(exc, file=sys.stderr)
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():  # a live group torn down at exit can abort the process
+            dist.destroy_process_group()
         return 2
     try:
         return run_training(args, run, training_args, train_tasks, eval_tasks, skill_extractor, started)
