@@ -118,6 +118,8 @@ class VLLMColocateBackend(_VLLMBackend):
         self.llm = self.vllm_generation.llm
         self._sleep = bool(self.vllm_generation.enable_sleep_mode)
         self._open_sessions = 0
+        #: whether prompt-log-prob requests can read the prefix cache on the installed vLLM
+        self._reads_prefix = prefix_reads_supported()
         if self._sleep and getattr(self.vllm_generation, "_llm_weights_sleeping", False):
             # TRL put the fresh engine to sleep at level 2 (weights discarded): the first session pushes them.
             self.llm.wake_up()
@@ -173,7 +175,7 @@ class VLLMColocateBackend(_VLLMBackend):
         """Prompt log-probs of the given completions (no sampling, temperature 1): engine skill scoring.
 
         vLLM skips its prefix cache for requests that ask for prompt log-probs unless told not to
-        (``skip_reading_prefix_cache``, vLLM >= 0.11). With ``reuse_prefix`` the engine reads it:
+        (``skip_reading_prefix_cache``, where the installed vLLM has it). With ``reuse_prefix`` the engine reads it:
         a skill prompt shares its leading tokens with the prompt the engine just generated from
         (the step skill sits late in the prompt), so only the blocks from the first changed one
         are computed. Positions served from the cache come back without valid log-probs; a row
@@ -185,7 +187,7 @@ class VLLMColocateBackend(_VLLMBackend):
         starts = [len(p) for p in prompt_ids]
         values: list[list[float] | None] = [None] * len(sequences)
         pending = list(range(len(sequences)))
-        for read_cache in ((True, False) if reuse_prefix and prefix_reads_supported() else (False,)):
+        for read_cache in ((True, False) if reuse_prefix and self._reads_prefix else (False,)):
             outputs = self._prompt_logprobs([sequences[i] for i in pending], read_cache)
             missing = []
             for i, output in zip(pending, outputs):
@@ -206,7 +208,7 @@ class VLLMColocateBackend(_VLLMBackend):
         """One engine pass over ``sequences`` with prompt log-probs; counts the tokens it computed."""
         from vllm import SamplingParams
 
-        options: dict[str, Any] = {"skip_reading_prefix_cache": not read_cache} if prefix_reads_supported() else {}
+        options: dict[str, Any] = {"skip_reading_prefix_cache": not read_cache} if self._reads_prefix else {}
         # no detokenizing: it would read the ids of cached positions, which are not filled in
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0, detokenize=False, **options)
         outputs = self.llm.generate([{"prompt_token_ids": s} for s in sequences], params, use_tqdm=False)
